@@ -1,0 +1,392 @@
+"""DuckDB: the schema, every SQL statement, and how to read while a writer writes.
+
+This module is the one seam between the pipeline and its store: callers hand
+it Arrow/pandas columns and get DataFrames back, never SQL. A scale-out store
+(e.g. DuckLake with a Postgres catalog) would replace this module only.
+
+DuckDB allows one writing process *or* many reading ones on a file. The
+consumer therefore either holds the file for a whole batch run (nobody reads
+then), or, in live mode, opens it per micro-batch and lets go in between;
+readers open it read-only and retry briefly when the writer holds the lock
+(:func:`read_connection`), so a user never sees a lock error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS market_ticks (
+    symbol      VARCHAR   NOT NULL,
+    event_time  TIMESTAMP NOT NULL,   -- UTC
+    price       DOUBLE    NOT NULL,
+    volume      BIGINT    NOT NULL,
+    topic       VARCHAR   NOT NULL,
+    "partition" INTEGER   NOT NULL,
+    "offset"    BIGINT    NOT NULL,
+    received_at TIMESTAMP NOT NULL,   -- UTC, when the consumer read it
+    PRIMARY KEY (symbol, event_time)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic       VARCHAR   NOT NULL,
+    "partition" INTEGER   NOT NULL,
+    "offset"    BIGINT    NOT NULL,
+    "key"       BLOB,
+    raw         BLOB,
+    reason      VARCHAR   NOT NULL,
+    received_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (topic, "partition", "offset")
+);
+CREATE TABLE IF NOT EXISTS pipeline_metrics (
+    run_id             VARCHAR PRIMARY KEY,
+    mode               VARCHAR,
+    topic              VARCHAR,
+    started_at         TIMESTAMP,
+    ended_at           TIMESTAMP,
+    elapsed_s          DOUBLE,
+    messages_processed BIGINT,
+    rows_inserted      BIGINT,
+    duplicates         BIGINT,
+    errors             BIGINT,
+    max_event_time     TIMESTAMP,
+    throughput_per_s   DOUBLE,
+    status             VARCHAR
+);
+CREATE OR REPLACE VIEW market_metrics AS
+SELECT symbol,
+       count(*)                  AS tickcount,
+       round(avg(price), 4)      AS avgprice,
+       max(price)                AS maxprice,
+       min(price)                AS minprice,
+       sum(volume)               AS totalvolume,
+       min(event_time)           AS first_tick,
+       max(event_time)           AS last_tick,
+       date_diff('millisecond', min(event_time), max(event_time)) / 1000.0
+                                 AS session_duration_s
+FROM market_ticks GROUP BY symbol;
+CREATE OR REPLACE VIEW live_ticks AS
+SELECT symbol, event_time, price, volume, received_at,
+       date_diff('microsecond', event_time, received_at) / 1e6 AS latency_s,
+       topic, "partition", "offset"
+FROM market_ticks;
+"""
+
+#: Arrow schema of a tick batch handed to :meth:`TickWriter.write_ticks`.
+TICK_BATCH_SCHEMA = pa.schema(
+    [
+        ("symbol", pa.string()),
+        ("event_time", pa.timestamp("us")),
+        ("price", pa.float64()),
+        ("volume", pa.int64()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("received_at", pa.timestamp("us")),
+    ]
+)
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("raw", pa.binary()),
+        ("reason", pa.string()),
+        ("received_at", pa.timestamp("us")),
+    ]
+)
+
+_LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked")
+
+
+class StoreUnavailable(RuntimeError):
+    """The database file is missing or stayed locked; the message says what to do."""
+
+
+@dataclass
+class RunMetrics:
+    """One consumer run, as stored in ``pipeline_metrics`` (the seed's fields plus throughput)."""
+
+    run_id: str
+    mode: str
+    topic: str
+    started_at: datetime
+    ended_at: datetime
+    elapsed_s: float
+    messages_processed: int
+    rows_inserted: int
+    duplicates: int
+    errors: int
+    max_event_time: datetime | None
+    throughput_per_s: float
+    status: str = "ok"
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return any(marker in str(exc).lower() for marker in _LOCK_MARKERS)
+
+
+def _connect_with_retry(
+    path: Path, *, read_only: bool, timeout_s: float
+) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, retrying while another process holds the lock, up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.002
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                if _is_lock_error(exc):
+                    raise StoreUnavailable(
+                        f"{path} stayed locked by another writer for {timeout_s:.1f}s; "
+                        "stop the other writing process or point MARKET_DB_PATH elsewhere"
+                    ) from None
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def init_db(path: Path) -> None:
+    """Create the file, tables and views if missing (idempotent)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect_with_retry(path, read_only=False, timeout_s=30)
+    try:
+        con.execute(SCHEMA)
+    finally:
+        con.close()
+
+
+@contextmanager
+def read_connection(path: Path, timeout_s: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection that waits (briefly) for a live writer to let go of the file."""
+    if not path.exists():
+        raise StoreUnavailable(
+            f"no database at {path}; run the pipeline first (make demo or marketstream pipeline)"
+        )
+    con = _connect_with_retry(path, read_only=True, timeout_s=timeout_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+class TickWriter:
+    """The single writer of the store.
+
+    ``hold=True`` keeps one connection for the writer's life (fastest: batch
+    runs, benchmarks). ``hold=False`` opens the file per call and closes it
+    straight after, so readers can get in between micro-batches (live mode).
+    """
+
+    def __init__(self, path: Path, *, hold: bool = True, lock_timeout_s: float = 30.0):
+        self.path = path
+        self.hold = hold
+        self.lock_timeout_s = lock_timeout_s
+        init_db(path)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        if hold:
+            self._con = _connect_with_retry(path, read_only=False, timeout_s=lock_timeout_s)
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is not None:
+            yield self._con
+            return
+        con = _connect_with_retry(self.path, read_only=False, timeout_s=self.lock_timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def write_batch(self, ticks: pa.Table, dead: pa.Table | None = None) -> int:
+        """Insert a batch of ticks (and dead letters) in one transaction; return rows added.
+
+        Rows whose (symbol, event_time) is already stored are skipped, which is
+        what makes replays and re-produced files idempotent.
+        """
+        with self._connection() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                added = 0
+                if ticks.num_rows:
+                    con.register("tick_batch", ticks)
+                    added = con.execute(
+                        "INSERT OR IGNORE INTO market_ticks "
+                        'SELECT symbol, event_time, price, volume, topic, "partition", '
+                        '"offset", received_at FROM tick_batch'
+                    ).fetchall()[0][0]
+                    con.unregister("tick_batch")
+                if dead is not None and dead.num_rows:
+                    con.register("dead_batch", dead)
+                    con.execute(
+                        'INSERT OR IGNORE INTO dead_letters SELECT topic, "partition", '
+                        '"offset", "key", raw, reason, received_at FROM dead_batch'
+                    ).fetchall()
+                    con.unregister("dead_batch")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return int(added)
+
+    def record_run(self, run: RunMetrics) -> None:
+        """Store one row of run metrics."""
+        values = asdict(run)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._connection() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO pipeline_metrics ({cols}) VALUES ({marks})",
+                list(values.values()),
+            ).fetchall()
+
+    def close(self) -> None:
+        """Release the file (a checkpoint happens here)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> TickWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def _frame(path: Path, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    with read_connection(path) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def tick_count(path: Path) -> int:
+    """Rows in ``market_ticks`` (0 when the file does not exist yet)."""
+    if not path.exists():
+        return 0
+    with read_connection(path) as con:
+        return int(con.execute("SELECT count(*) FROM market_ticks").fetchall()[0][0])
+
+
+def ticks(path: Path, symbols: Sequence[str] | None = None) -> pd.DataFrame:
+    """All ticks in event-time order, optionally for some symbols only."""
+    if symbols:
+        marks = ", ".join("?" for _ in symbols)
+        return _frame(
+            path,
+            f"SELECT * FROM market_ticks WHERE symbol IN ({marks}) ORDER BY event_time, symbol",
+            list(symbols),
+        )
+    return _frame(path, "SELECT * FROM market_ticks ORDER BY event_time, symbol")
+
+
+def market_metrics(path: Path) -> pd.DataFrame:
+    """Per-symbol count/avg/max/min price, volume and session duration."""
+    return _frame(path, "SELECT * FROM market_metrics ORDER BY symbol")
+
+
+def pipeline_runs(path: Path, limit: int = 50) -> pd.DataFrame:
+    """The newest consumer runs first."""
+    return _frame(path, "SELECT * FROM pipeline_metrics ORDER BY started_at DESC LIMIT ?", [limit])
+
+
+def dead_letters(path: Path, limit: int = 100) -> pd.DataFrame:
+    """The newest dead letters, with the reason each was rejected."""
+    return _frame(
+        path,
+        'SELECT * FROM dead_letters ORDER BY received_at DESC, "offset" DESC LIMIT ?',
+        [limit],
+    )
+
+
+def live_wide(path: Path, limit: int = 300, since: datetime | None = None) -> pd.DataFrame:
+    """Recent ticks per second as a wide frame: ``time``, one price and one
+    ``<SYMBOL>volume`` column per symbol present (last price, summed volume)."""
+    sql = """
+        WITH recent AS (
+            SELECT date_trunc('second', event_time) AS time, symbol,
+                   arg_max(price, event_time) AS price, sum(volume) AS volume
+            FROM market_ticks
+            WHERE event_time > coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
+            GROUP BY ALL
+        ),
+        times AS (SELECT DISTINCT time FROM recent ORDER BY time DESC LIMIT ?)
+        SELECT r.* FROM recent r JOIN times USING (time) ORDER BY time, symbol
+    """
+    long = _frame(path, sql, [since, limit])
+    return pivot_wide(long)
+
+
+def pivot_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """Long (time, symbol, price, volume) rows to the seed's wide ``/live`` shape."""
+    if long.empty:
+        return pd.DataFrame({"time": pd.Series(dtype="datetime64[us]")})
+    prices = long.pivot(index="time", columns="symbol", values="price")
+    volumes = long.pivot(index="time", columns="symbol", values="volume")
+    volumes.columns = [f"{c}volume" for c in volumes.columns]
+    wide = pd.concat([prices, volumes], axis=1).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def candles(path: Path, symbol: str, interval_s: int, limit: int = 500) -> pd.DataFrame:
+    """OHLCV bars with VWAP for one symbol, computed in DuckDB."""
+    sql = """
+        SELECT time_bucket(to_seconds(?), event_time) AS time,
+               arg_min(price, event_time) AS open,
+               max(price) AS high,
+               min(price) AS low,
+               arg_max(price, event_time) AS close,
+               sum(volume) AS volume,
+               sum(price * volume) / nullif(sum(volume), 0) AS vwap,
+               count(*) AS ticks
+        FROM market_ticks WHERE symbol = ?
+        GROUP BY 1 ORDER BY 1 DESC LIMIT ?
+    """
+    frame = _frame(path, sql, [interval_s, symbol, limit])
+    return frame.sort_values("time").reset_index(drop=True)
+
+
+def symbols_present(path: Path) -> list[str]:
+    """The symbols that have at least one tick."""
+    with read_connection(path) as con:
+        return [r[0] for r in con.execute("SELECT DISTINCT symbol FROM market_ticks ORDER BY 1")]
+
+
+def health(path: Path) -> dict[str, Any]:
+    """Freshness, counts and the newest run's throughput, for ``/runs`` and ``/health``."""
+    with read_connection(path) as con:
+        row = con.execute(
+            """
+            SELECT (SELECT count(*) FROM market_ticks),
+                   (SELECT max(event_time) FROM market_ticks),
+                   (SELECT count(*) FROM dead_letters),
+                   (SELECT coalesce(sum(errors), 0) FROM pipeline_metrics),
+                   (SELECT throughput_per_s FROM pipeline_metrics
+                      ORDER BY started_at DESC LIMIT 1)
+            """
+        ).fetchall()[0]
+    ticks_n, newest, dead_n, errors, throughput = row
+    now = datetime.now(UTC).replace(tzinfo=None)
+    freshness = (now - newest).total_seconds() if newest is not None else None
+    return {
+        "ticks": int(ticks_n),
+        "newest_event_time": newest,
+        "dead_letters": int(dead_n),
+        "errors": int(errors),
+        "throughput_per_s": throughput,
+        "freshness_s": freshness,
+    }
