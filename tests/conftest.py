@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from marketstream.settings import Settings  # noqa: E402
+from marketstream.settings import Settings
 
 
 @pytest.fixture(scope="session")

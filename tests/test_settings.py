@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from marketstream.settings import PROJECT_ROOT, Settings, SettingsError
 
 

@@ -6,7 +6,6 @@ import multiprocessing
 from datetime import UTC, datetime
 
 import pytest
-
 from helpers import Record, batch_for
 from marketstream import store
 from marketstream.consume import decode_records
@@ -100,9 +99,7 @@ def test_candles_ohlc_and_vwap(db):
 def test_run_metrics_and_health(db):
     now = datetime(2025, 1, 1)
     with TickWriter(db) as writer:
-        writer.record_run(
-            RunMetrics("r1", "batch", "t", now, now, 1.0, 150, 150, 0, 2, now, 150.0)
-        )
+        writer.record_run(RunMetrics("r1", "batch", "t", now, now, 1.0, 150, 150, 0, 2, now, 150.0))
     runs = store.pipeline_runs(db)
     assert runs.loc[0, "messages_processed"] == 150
     health = store.health(db)

@@ -159,9 +159,7 @@ def consume(
             polled = consumer.poll(timeout_ms=poll_ms, max_records=budget)
             records = [r for batch in polled.values() for r in batch]
             if not records:
-                if not live and (
-                    _caught_up(consumer) or time.monotonic() - last_data > idle_limit
-                ):
+                if not live and (_caught_up(consumer) or time.monotonic() - last_data > idle_limit):
                     break
                 continue
             last_data = time.monotonic()

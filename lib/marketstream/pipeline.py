@@ -118,4 +118,3 @@ def run_pipeline(
         outputs=outputs,
         broker_started=not was_running,
     )
-

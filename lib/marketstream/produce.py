@@ -135,9 +135,9 @@ def produce_ticks(
                     summary.rejected += 1
                     summary.problems.append(str(item))
                     continue
-                producer.send(
-                    settings.topic, key=item.key, value=item.to_message()
-                ).add_errback(on_error)
+                producer.send(settings.topic, key=item.key, value=item.to_message()).add_errback(
+                    on_error
+                )
                 attempted += 1
                 if attempted % 1000 == 0:
                     bar.update(1000)

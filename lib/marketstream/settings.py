@@ -61,7 +61,7 @@ class Settings:
     log_path: Path = field(default_factory=lambda: PROJECT_ROOT / "logs" / "pipeline.log")
     output_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "output")
     kafka_home: Path = field(default_factory=lambda: PROJECT_ROOT / ".cache" / "kafka")
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.4.0"
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     ticks_per_symbol: int = 50
     seed: int = 42

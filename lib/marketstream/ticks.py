@@ -114,7 +114,9 @@ def tick_from_message(value: bytes) -> Tick:
         raise TickError(f"missing field(s): {', '.join(missing)}")
     if not isinstance(data["timestamp"], str):
         raise TickError("timestamp is not a string")
-    return validate(parse_timestamp(data["timestamp"]), data["symbol"], data["price"], data["volume"])
+    return validate(
+        parse_timestamp(data["timestamp"]), data["symbol"], data["price"], data["volume"]
+    )
 
 
 def start_level(symbol: str) -> float:

@@ -1,0 +1,61 @@
+# Everyday commands. Each target sets up what it needs on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+N      ?= 1000000
+
+.PHONY: help setup demo test lint format live bench lab broker-up broker-down broker-status clean
+
+help:
+	@echo "make demo     run the papermill pipeline (notebooks 01-04) on a local Kafka"
+	@echo "make test     lint + all tests (unit, integration on a real broker, nbval, browser)"
+	@echo "make live     stream continuously; API on :8080, Voila on :8866 (Ctrl-C stops all)"
+	@echo "make bench    benchmark the whole path (N=$(N) ticks)"
+	@echo "make lab      open the notebooks in JupyterLab"
+	@echo "make broker-up|broker-down|broker-status   the local Kafka broker"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/marketstream pipeline
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+live: setup
+	$(BIN)/marketstream live
+
+bench: setup
+	$(BIN)/marketstream bench -n $(N)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+broker-up: setup
+	$(BIN)/marketstream broker up
+
+broker-down: setup
+	$(BIN)/marketstream broker down
+
+broker-status: setup
+	$(BIN)/marketstream broker status
+
+clean:
+	-$(BIN)/marketstream broker down
+	rm -rf output data/*.duckdb data/*.duckdb.wal data/*.csv logs
