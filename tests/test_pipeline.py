@@ -13,6 +13,7 @@ import sys
 import pandas as pd
 import pytest
 from kafka import KafkaProducer
+
 from marketstream import store
 from marketstream.consume import consume
 from marketstream.logs import read_log

@@ -6,6 +6,7 @@ import multiprocessing
 from datetime import UTC, datetime
 
 import pytest
+
 from helpers import Record, batch_for
 from marketstream import store
 from marketstream.consume import decode_records

@@ -1,0 +1,457 @@
+"""The Flask API against a real DuckDB file: shapes Grafana relies on, errors as JSON,
+the OpenAPI document, and one run under waitress over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from marketstream import store
+from marketstream.settings import Settings
+from marketstream.ticks import DEFAULT_START, Tick, generate_ticks
+from marketstream_api.app import BrokerProbe, create_app
+
+SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
+N = 50
+RECEIVED = datetime(2025, 1, 6, 15, 0)
+
+
+def tick_table(ticks: list[Tick], offset0: int = 0) -> pa.Table:
+    """An Arrow batch in the store's schema, as the consumer would write it."""
+    return pa.table(
+        {
+            "symbol": [t.symbol for t in ticks],
+            "event_time": [t.timestamp.replace(tzinfo=None) for t in ticks],
+            "price": [t.price for t in ticks],
+            "volume": [t.volume for t in ticks],
+            "topic": ["market_ticks"] * len(ticks),
+            "partition": [0] * len(ticks),
+            "offset": list(range(offset0, offset0 + len(ticks))),
+            "received_at": [RECEIVED] * len(ticks),
+        },
+        schema=store.TICK_BATCH_SCHEMA,
+    )
+
+
+def dead_table() -> pa.Table:
+    row = ("market_ticks", 0, 999, b"SP500", b"{not json", "not valid UTF-8 JSON", RECEIVED)
+    return pa.table(
+        {name: [value] for name, value in zip(store.DEAD_LETTER_SCHEMA.names, row, strict=True)},
+        schema=store.DEAD_LETTER_SCHEMA,
+    )
+
+
+def make_db(path: Path, ticks: list[Tick], *, with_run: bool = True) -> Path:
+    with store.TickWriter(path) as writer:
+        writer.write_batch(tick_table(ticks), dead_table() if with_run else None)
+        if with_run:
+            writer.record_run(
+                store.RunMetrics(
+                    run_id="run-1",
+                    mode="batch",
+                    topic="market_ticks",
+                    started_at=RECEIVED,
+                    ended_at=RECEIVED + timedelta(seconds=2),
+                    elapsed_s=2.0,
+                    messages_processed=len(ticks) + 1,
+                    rows_inserted=len(ticks),
+                    duplicates=0,
+                    errors=1,
+                    max_event_time=max(t.timestamp for t in ticks).replace(tzinfo=None),
+                    throughput_per_s=75.5,
+                )
+            )
+    return path
+
+
+def app_for(db_path: Path, tmp_path: Path, broker_check=lambda servers, timeout: True):
+    settings = Settings().with_(db_path=db_path, log_path=tmp_path / "api.log")
+    return create_app(settings, broker_check=broker_check)
+
+
+@pytest.fixture(scope="module")
+def market_ticks() -> list[Tick]:
+    return generate_ticks(SYMBOLS, N, seed=7)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory, market_ticks) -> Path:
+    return make_db(tmp_path_factory.mktemp("api") / "market.duckdb", market_ticks)
+
+
+@pytest.fixture
+def client(db, tmp_path):
+    return app_for(db, tmp_path).test_client()
+
+
+@pytest.fixture
+def missing_client(tmp_path):
+    return app_for(tmp_path / "nope" / "missing.duckdb", tmp_path).test_client()
+
+
+def get_json(client, url: str, status: int = 200):
+    response = client.get(url)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    return orjson.loads(response.get_data())
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+def test_metrics_per_symbol(client, market_ticks):
+    rows = get_json(client, "/metrics")
+    assert [r["symbol"] for r in rows] == sorted(SYMBOLS)
+    last = iso(DEFAULT_START + timedelta(seconds=N - 1))
+    for row in rows:
+        assert list(row) == [
+            "symbol",
+            "tickcount",
+            "avgprice",
+            "maxprice",
+            "minprice",
+            "totalvolume",
+            "time",
+        ]
+        mine = [t for t in market_ticks if t.symbol == row["symbol"]]
+        assert row["tickcount"] == N
+        assert row["maxprice"] >= row["avgprice"] >= row["minprice"]
+        assert row["maxprice"] == max(t.price for t in mine)
+        assert row["totalvolume"] == sum(t.volume for t in mine)
+        assert isinstance(row["totalvolume"], int)
+        assert row["time"] == last
+
+
+def test_unknown_parameters_are_ignored_and_cors_is_open(client):
+    response = client.get("/metrics?foo=bar&limit=zzz")
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# --------------------------------------------------------------------------- /live
+
+
+def test_live_wide_rows(client, market_ticks):
+    rows = get_json(client, "/live")
+    assert len(rows) == N
+    assert set(rows[0]) == {"time", *SYMBOLS, *(f"{s}volume" for s in SYMBOLS)}
+    assert rows[0]["time"] == iso(DEFAULT_START)
+    newest = {t.symbol: t for t in market_ticks[-len(SYMBOLS) :]}
+    for symbol, tick in newest.items():
+        assert rows[-1][symbol] == tick.price
+        assert rows[-1][f"{symbol}volume"] == tick.volume
+        assert isinstance(rows[-1][f"{symbol}volume"], int)
+
+
+def test_live_limit_keeps_newest(client):
+    rows = get_json(client, "/live?limit=5")
+    assert [r["time"] for r in rows] == [
+        iso(DEFAULT_START + timedelta(seconds=s)) for s in range(N - 5, N)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("since", "first"),
+    [
+        ("2025-01-06T14:30:45Z", 46),
+        ("2025-01-06T14:30:45", 46),
+        ("2025-01-06T15:30:45%2B01:00", 46),
+        ("2025-01-06T15:30:45+01:00", 46),  # an unencoded + arrives as a space
+        ("2025-01-06%2014:30:45", 46),
+        ("2025-01-06%2014:30", 1),
+        (str(int((DEFAULT_START + timedelta(seconds=45)).timestamp() * 1000)), 46),
+        ("", 0),  # Grafana sends empty variables: same as absent
+    ],
+)
+def test_live_since_is_exclusive(client, since, first):
+    rows = get_json(client, f"/live?since={since}")
+    assert [r["time"] for r in rows] == [
+        iso(DEFAULT_START + timedelta(seconds=s)) for s in range(first, N)
+    ]
+
+
+def test_live_columns_follow_the_symbols_present(tmp_path):
+    ticks = generate_ticks(["AAA", "BBB"], 4, seed=1)
+    ticks = [t for t in ticks if not (t.symbol == "BBB" and t.timestamp == ticks[-1].timestamp)]
+    client = app_for(make_db(tmp_path / "ab.duckdb", ticks, with_run=False), tmp_path)
+    rows = get_json(client.test_client(), "/live")
+    assert list(rows[0]) == ["time", "AAA", "BBB", "AAAvolume", "BBBvolume"]
+    assert len(rows) == 4
+    assert rows[-1]["BBB"] is None and rows[-1]["BBBvolume"] is None
+    assert rows[-1]["AAA"] == ticks[-1].price
+
+
+def test_live_on_an_empty_store_is_an_empty_list(tmp_path):
+    path = tmp_path / "empty.duckdb"
+    store.init_db(path)
+    assert get_json(app_for(path, tmp_path).test_client(), "/live") == []
+
+
+# --------------------------------------------------------------------------- /candles
+
+
+def test_candles_one_minute(client, market_ticks):
+    mine = [t for t in market_ticks if t.symbol == "SP500"]
+    (candle,) = get_json(client, "/candles?symbol=SP500&interval=1m")
+    assert candle == {
+        "time": iso(DEFAULT_START),
+        "open": mine[0].price,
+        "high": max(t.price for t in mine),
+        "low": min(t.price for t in mine),
+        "close": mine[-1].price,
+        "volume": sum(t.volume for t in mine),
+        "vwap": pytest.approx(sum(t.price * t.volume for t in mine) / sum(t.volume for t in mine)),
+        "ticks": N,
+    }
+
+
+def test_candles_interval_and_limit(client):
+    candles = get_json(client, "/candles?symbol=NIKKEI225&interval=10s")
+    assert [c["ticks"] for c in candles] == [10] * 5
+    for c in candles:
+        assert c["low"] <= min(c["open"], c["close"], c["vwap"])
+        assert c["high"] >= max(c["open"], c["close"], c["vwap"])
+    newest = get_json(client, "/candles?symbol=NIKKEI225&interval=10s&limit=2")
+    assert newest == candles[-2:]
+
+
+def test_candles_unknown_symbol_is_empty(client):
+    assert get_json(client, "/candles?symbol=NOPE") == []
+
+
+# --------------------------------------------------------------------------- /runs, /health
+
+
+def test_runs(client):
+    body = get_json(client, "/runs?limit=10")
+    health = body["health"]
+    assert health["ticks"] == N * len(SYMBOLS)
+    assert health["dead_letters"] == 1
+    assert health["errors"] == 1
+    assert health["throughput_per_s"] == 75.5
+    assert health["newest_event_time"] == iso(DEFAULT_START + timedelta(seconds=N - 1))
+    assert health["freshness_s"] > 0
+    (run,) = body["runs"]
+    assert run["run_id"] == "run-1"
+    assert run["started_at"] == iso(RECEIVED.replace(tzinfo=UTC))
+    assert run["rows_inserted"] == N * len(SYMBOLS)
+
+
+def test_health_ok(client, db):
+    body = get_json(client, "/health")
+    assert body == {
+        "status": "ok",
+        "store": {"reachable": True, "path": str(db), "ticks": N * len(SYMBOLS), "error": None},
+        "broker": {"reachable": True, "bootstrap_servers": "localhost:9092"},
+    }
+
+
+def test_health_without_store_is_503(missing_client):
+    body = get_json(missing_client, "/health", 503)
+    assert body["status"] == "degraded"
+    assert body["store"]["reachable"] is False
+    assert body["store"]["ticks"] is None
+    assert "no database" in body["store"]["error"]
+
+
+def test_broker_probe_is_cached_and_never_raises():
+    calls = []
+
+    def check(servers: str, timeout_s: float) -> bool:
+        calls.append(servers)
+        raise ImportError("no marketstream.broker yet")
+
+    probe = BrokerProbe("h:1", check, ttl_s=60)
+    assert [probe.reachable() for _ in range(20)] == [False] * 20
+    assert calls == ["h:1"]
+
+
+def test_broker_unreachable_keeps_status_ok(db, tmp_path):
+    client = app_for(db, tmp_path, broker_check=lambda s, t: False).test_client()
+    body = get_json(client, "/health")
+    assert body["status"] == "ok"
+    assert body["broker"]["reachable"] is False
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("url", "parameter"),
+    [
+        ("/live?limit=0", "limit"),
+        ("/live?limit=5001", "limit"),
+        ("/live?limit=abc", "limit"),
+        ("/live?limit=1.5", "limit"),
+        ("/live?since=yesterday", "since"),
+        ("/live?since=2025-13-01T00:00:00Z", "since"),
+        ("/live?since=99999999999999999", "since"),
+        ("/candles", "symbol"),
+        ("/candles?symbol=", "symbol"),
+        ("/candles?symbol=sp500", "symbol"),
+        ("/candles?symbol=SP500%27%3B%20DROP%20TABLE%20market_ticks", "symbol"),
+        ("/candles?symbol=" + "A" * 33, "symbol"),
+        ("/candles?symbol=SP500&interval=0s", "interval"),
+        ("/candles?symbol=SP500&interval=25h", "interval"),
+        ("/candles?symbol=SP500&interval=1d", "interval"),
+        ("/candles?symbol=SP500&interval=m", "interval"),
+        ("/candles?symbol=SP500&limit=0", "limit"),
+        ("/candles?symbol=SP500&limit=5001", "limit"),
+        ("/runs?limit=0", "limit"),
+        ("/runs?limit=1001", "limit"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_parameter(client, url, parameter):
+    body = get_json(client, url, 400)
+    assert body["parameter"] == parameter
+    assert parameter in body["error"]
+
+
+@pytest.mark.parametrize("url", ["/metrics", "/live", "/candles?symbol=SP500", "/runs"])
+def test_missing_database_is_503(missing_client, url):
+    body = get_json(missing_client, url, 503)
+    assert "no database" in body["error"]
+
+
+def test_not_found_and_wrong_method_are_json(client):
+    assert "no endpoint /nope" in get_json(client, "/nope", 404)["error"]
+    response = client.post("/metrics")
+    assert response.status_code == 405
+    assert response.mimetype == "application/json"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unexpected_failure_is_a_short_json_500(client, monkeypatch):
+    def boom(path):
+        raise KeyError("secret detail")
+
+    monkeypatch.setattr(store, "market_metrics", boom)
+    body = get_json(client, "/metrics", 500)
+    assert body == {"error": "internal error (KeyError); see the log"}
+
+
+# --------------------------------------------------------------------------- OpenAPI, index
+
+
+def test_openapi_lists_every_route(client):
+    spec = get_json(client, "/openapi.json")
+    assert spec["openapi"].startswith("3.")
+    served = {rule.rule for rule in client.application.url_map.iter_rules()}
+    assert served == set(spec["paths"])
+    live_limit = next(
+        p for p in spec["paths"]["/live"]["get"]["parameters"] if p["name"] == "limit"
+    )
+    assert live_limit["schema"] == {
+        "type": "integer",
+        "default": 300,
+        "minimum": 1,
+        "maximum": 5000,
+    }
+    symbol = spec["paths"]["/candles"]["get"]["parameters"][0]
+    assert symbol["required"] is True
+    assert symbol["schema"]["pattern"] == r"^[A-Z0-9][A-Z0-9._-]{0,31}$"
+    for path, item in spec["paths"].items():
+        assert "200" in item["get"]["responses"], path
+
+
+def test_index_lists_endpoints(client):
+    body = get_json(client, "/")
+    paths = [e["path"] for e in body["endpoints"]]
+    assert {"/metrics", "/live", "/candles", "/runs", "/health", "/openapi.json"} <= set(paths)
+
+
+# --------------------------------------------------------------------------- waitress
+
+
+def _start_server(db: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m marketstream_api.serve`` on a free port; returns the process and its URL."""
+    env = {**os.environ, "MARKET_LOG_PATH": str(tmp_path / "serve.log")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marketstream_api.serve", "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    line = proc.stdout.readline() if selector.select(timeout=15) else ""
+    selector.close()
+    match = re.search(r"http://[\w.:\[\]]+", line)
+    if not match:
+        proc.kill()
+        pytest.fail(f"server did not start: {line!r} {proc.stderr.read()!r}")
+    return proc, match.group(0)
+
+
+def _fetch(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_waitress_serves_metrics_while_a_live_writer_writes(tmp_path):
+    """Real HTTP, and the reader/writer dance: the test process writes micro-batches
+    (opening the file per batch, as live mode does) while requests keep coming."""
+    path = make_db(tmp_path / "live.duckdb", generate_ticks(SYMBOLS, 10))
+    proc, base = _start_server(path, tmp_path)
+    try:
+        status, rows = _fetch(f"{base}/metrics")
+        assert status == 200
+        assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 10)
+
+        later = DEFAULT_START + timedelta(minutes=5)
+        batches = [
+            generate_ticks(SYMBOLS, 5, seed=i, start=later + timedelta(seconds=5 * i))
+            for i in range(20)
+        ]
+        statuses: list[int] = []
+
+        def read_many() -> None:
+            for _ in range(15):
+                statuses.append(_fetch(f"{base}/live?limit=50")[0])
+
+        readers = [threading.Thread(target=read_many) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        writer = store.TickWriter(path, hold=False)
+        for i, batch in enumerate(batches):
+            writer.write_batch(tick_table(batch, offset0=1000 + 100 * i))
+        for reader in readers:
+            reader.join()
+        assert statuses == [200] * 45
+
+        status, rows = _fetch(f"{base}/metrics")
+        assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 110)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert returncode == 0
+
+
+@pytest.mark.integration
+def test_health_sees_a_real_broker(kafka, db, tmp_path):
+    """The default probe (marketstream.broker.is_reachable) against the session's real broker."""
+    app = create_app(kafka.with_(db_path=db, log_path=tmp_path / "api.log"))
+    body = get_json(app.test_client(), "/health")
+    assert body["broker"] == {"reachable": True, "bootstrap_servers": kafka.bootstrap_servers}
