@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from marketstream.settings import PROJECT_ROOT, Settings, SettingsError
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+
 from marketstream.ticks import (
     CsvProblem,
     RandomWalk,
