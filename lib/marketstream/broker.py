@@ -373,10 +373,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def _can_bind(host: str, port: int) -> bool:
     """Could a server listen on host:port? (SO_REUSEADDR, as the JVM sets it.)"""
     try:
@@ -388,7 +384,9 @@ def _can_bind(host: str, port: int) -> bool:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(address)
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # e.g. ::1 for "localhost" on a host without IPv6
                 return False
     return True
 
@@ -434,8 +432,9 @@ def _quiet_kafka_logging() -> Iterator[None]:
 def _probe(config: dict[str, object], timeout_s: float) -> bool:
     """True if a Kafka broker answers a metadata request with at least one live broker."""
     servers = config["bootstrap_servers"]
-    assert isinstance(servers, list)
-    endpoints = [split_host_port(s) for s in servers]
+    if not isinstance(servers, list):
+        servers = [str(servers)]
+    endpoints = [split_host_port(str(s)) for s in servers]
     if not any(_port_open(h, p, min(timeout_s, 1.0)) for h, p in endpoints):
         return False  # fast path: nothing listens, so no need for a client
     from kafka import KafkaAdminClient  # imported late: start-up cost, tests of pure parts
@@ -678,16 +677,18 @@ def running_broker_pids(run_dir: Path) -> list[int]:
 
 
 def _managed_pid(run_dir: Path) -> int | None:
-    """The pid from the pid file if that process is still our broker, else None."""
-    try:
+    """The pid of our live broker for run_dir: from the pid file if that process is still
+    our broker, else found by its command line (and the pid file written again)."""
+    with contextlib.suppress(OSError, ValueError, psutil.NoSuchProcess):
         pid = int(_pid_file(run_dir).read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
+        if _is_broker_of(psutil.Process(pid), run_dir):
+            return pid
+    pids = running_broker_pids(run_dir)
+    if not pids:
         return None
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
-    return pid if _is_broker_of(proc, run_dir) else None
+    with contextlib.suppress(OSError):
+        _pid_file(run_dir).write_text(f"{pids[0]}\n", encoding="utf-8")
+    return pids[0]
 
 
 def _wait_exit(pid: int, timeout_s: float) -> bool:
