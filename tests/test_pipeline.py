@@ -112,6 +112,9 @@ def test_papermill_pipeline_runs_all_notebooks_and_is_idempotent(fresh):
     assert [p.stem for p in summary.outputs] == list(PIPELINE_NOTEBOOKS)
     assert all(p.exists() for p in summary.outputs)
     assert not summary.broker_started  # the session broker was already there
+    events = [e["event"] for e in read_log(fresh.log_path)]
+    assert events[0] == "pipeline_start" and events[-1] == "pipeline_end"
+    assert {"consume_start", "consume_end"} <= set(events)
     again = run_pipeline(fresh, progress=False)
     assert again.rows == 150
     assert len(store.pipeline_runs(fresh.db_path)) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import papermill
 
 from marketstream import broker, store
+from marketstream.logs import get_logger
 from marketstream.produce import delete_topic
 from marketstream.settings import PROJECT_ROOT, Settings
 
@@ -78,6 +79,8 @@ def run_pipeline(
     running is left alone.
     """
     started = time.perf_counter()
+    log = get_logger(settings.log_path)
+    log.info("pipeline_start", extra={"notebooks": list(notebooks), "fresh": fresh})
     was_running = broker.is_reachable(settings.bootstrap_servers)
     if not was_running:
         broker.start_broker(settings)
@@ -101,6 +104,10 @@ def run_pipeline(
                     kernel_name="python3",
                 )
             except papermill.PapermillExecutionError as exc:
+                log.error(
+                    "pipeline_error",
+                    extra={"notebook": name, "error": f"{exc.ename}: {exc.evalue}"},
+                )
                 raise PipelineError(
                     f"notebook {name} failed: {exc.ename}: {exc.evalue} (see {target})"
                 ) from None
@@ -110,7 +117,7 @@ def run_pipeline(
             broker.stop_broker(settings)
     runs = store.pipeline_runs(settings.db_path, limit=1)
     throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
-    return PipelineSummary(
+    summary = PipelineSummary(
         rows=store.tick_count(settings.db_path),
         elapsed_s=time.perf_counter() - started,
         throughput_per_s=throughput,
@@ -118,3 +125,8 @@ def run_pipeline(
         outputs=outputs,
         broker_started=not was_running,
     )
+    log.info(
+        "pipeline_end",
+        extra={"rows": summary.rows, "elapsed_s": round(summary.elapsed_s, 3)},
+    )
+    return summary
