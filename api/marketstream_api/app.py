@@ -21,11 +21,12 @@ import numpy as np
 import orjson
 import pandas as pd
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, NotFound
+
 from marketstream import __version__, store
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.ticks import SYMBOL_RE, TickError, parse_timestamp
-from werkzeug.exceptions import HTTPException, NotFound
 
 from .openapi import (
     CANDLES_LIMIT,

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from marketstream.settings import Settings, SettingsError
 from waitress import create_server
+
+from marketstream.settings import Settings, SettingsError
 
 from .app import create_app
 
