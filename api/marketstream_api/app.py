@@ -153,7 +153,7 @@ def since_param(name: str = "since") -> datetime | None:
     if raw is None:
         return None
     expected = f"{name} must be ISO-8601 (e.g. 2025-01-06T14:30:00Z) or epoch milliseconds"
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # not "²" or "①": isdigit() alone says yes to those
         if len(raw) > 14:
             raise BadParameter(name, f"{expected}, got {raw!r}")
         return datetime.fromtimestamp(int(raw) / 1000, UTC).replace(tzinfo=None)
@@ -201,6 +201,18 @@ def _default_broker_check(bootstrap_servers: str, timeout_s: float) -> bool:
     from marketstream.broker import is_reachable
 
     return bool(is_reachable(bootstrap_servers, timeout_s))
+
+
+def _settings_broker_check(settings: Settings) -> BrokerCheck:
+    """The probe with the settings' SASL/SSL options, so a secured cluster reads as up."""
+
+    def check(bootstrap_servers: str, timeout_s: float) -> bool:
+        from marketstream.broker import _settings_reachable
+
+        local = settings.with_(bootstrap_servers=bootstrap_servers)
+        return bool(_settings_reachable(local, timeout_s))
+
+    return check
 
 
 class BrokerProbe:
@@ -397,7 +409,8 @@ def create_app(
     settings = settings or Settings.from_env()
     app = Flask("marketstream_api", static_folder=None)
     app.config["MARKETSTREAM_SETTINGS"] = settings
-    probe = BrokerProbe(settings.bootstrap_servers, broker_check)
+    check = broker_check or _settings_broker_check(settings)
+    probe = BrokerProbe(settings.bootstrap_servers, check)
     app.extensions["marketstream_broker_probe"] = probe
     _register_routes(app, settings, probe)
     _register_errors(app, settings)

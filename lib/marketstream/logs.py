@@ -8,6 +8,7 @@ not logged whole (see :meth:`Settings.kafka_client_config`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,34 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+_SECRET_KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider")
+
+
+class RedactSecrets(logging.Filter):
+    """Replace secret values in a record's arguments: kafka-python's admin client logs
+    its whole configuration, SASL password included, at DEBUG."""
+
+    @staticmethod
+    def _clean(value: Any) -> Any:
+        if isinstance(value, Mapping) and any(value.get(k) for k in _SECRET_KEYS):
+            return {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in value.items()}
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):
+            record.args = self._clean(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        return True
+
+
+def redact_kafka_secrets() -> None:
+    """Install :class:`RedactSecrets` on kafka-python's admin-client logger (once)."""
+    logger = logging.getLogger("kafka.admin.client")
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
 
 
 def get_logger(log_path: Path) -> logging.Logger:

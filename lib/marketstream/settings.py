@@ -157,6 +157,9 @@ class Settings:
             "security_protocol": self.security_protocol,
         }
         if self.sasl_mechanism:
+            from marketstream.logs import redact_kafka_secrets
+
+            redact_kafka_secrets()  # kafka-python logs its admin config, password included
             config["sasl_mechanism"] = self.sasl_mechanism
             config["sasl_plain_username"] = self.sasl_username
             config["sasl_plain_password"] = self.sasl_password

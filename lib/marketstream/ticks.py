@@ -32,6 +32,11 @@ DEFAULT_START = datetime(2025, 1, 6, 14, 30, tzinfo=UTC)
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 
+#: Largest volume accepted: 2**53 - 1, the largest integer a JSON reader that uses
+#: doubles (Grafana, any browser) still reads exactly; far below BIGINT's limit, so
+#: an absurd volume is a dead letter instead of an overflow in the Arrow batch.
+MAX_VOLUME = 2**53 - 1
+
 
 class TickError(ValueError):
     """A value that is not a valid tick; the message says which field and why."""
@@ -98,6 +103,8 @@ def validate(timestamp: datetime, symbol: str, price: float, volume: int) -> Tic
             raise TickError(f"volume {volume!r} is not an integer")
     if volume < 0:
         raise TickError(f"volume {volume!r} must not be negative")
+    if volume > MAX_VOLUME:
+        raise TickError(f"volume {volume!r} is absurd (more than {MAX_VOLUME})")
     return Tick(timestamp, symbol, float(price), volume)
 
 

@@ -1,0 +1,594 @@
+"""Live mode: a paced producer, the live consumer, the API and the Voila page, started together.
+
+Why the pieces run where they do (2 cores, one GIL):
+
+- The producer and the consumer are threads of this process. Together they
+  handle a few dozen messages a second, mostly waiting on sockets and DuckDB
+  (which releases the GIL), so a thread each is plenty, and one ``stop``
+  event ends both cleanly with no process to lose track of.
+- The API and Voila are subprocesses: each serves many requests and would
+  fight the pipeline for the GIL, and DuckDB forbids one process from
+  holding the same file both read-only and read-write, which a reader thread
+  beside the writer would do. This process therefore never reads the store
+  while it writes; it counts what the consumer reports instead.
+- Subprocesses get their own session (Ctrl-C reaches this process only, which
+  then stops everything in order) and a parent-death signal on Linux, so even
+  a ``kill -9`` of this process leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from marketstream.logs import get_logger
+from marketstream.settings import PROJECT_ROOT, Settings
+
+#: The Voila page served by live mode.
+LIVE_NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_live.ipynb"
+
+#: If the producer falls further behind its schedule than this (a suspended
+#: laptop, a stalled broker), it skips the missed ticks instead of bursting.
+MAX_BACKLOG_S = 1.0
+
+#: Seconds a subprocess gets to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
+
+#: How often the terminal gets a one-line progress report.
+STATUS_EVERY_S = 10.0
+
+#: Voila shuts a page's kernel down once it has been idle and disconnected this long.
+VOILA_CULL_IDLE_S = 120
+VOILA_CULL_INTERVAL_S = 30
+
+#: Settings field -> environment variable, the inverse of ``Settings.from_env``.
+ENV_NAMES: dict[str, str] = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "topic": "KAFKA_TOPIC",
+    "partitions": "KAFKA_PARTITIONS",
+    "consumer_group": "KAFKA_CONSUMER_GROUP",
+    "db_path": "MARKET_DB_PATH",
+    "csv_path": "MARKET_CSV_PATH",
+    "log_path": "MARKET_LOG_PATH",
+    "output_dir": "MARKET_OUTPUT_DIR",
+    "kafka_home": "MARKETSTREAM_KAFKA_HOME",
+    "kafka_version": "MARKETSTREAM_KAFKA_VERSION",
+    "symbols": "MARKET_SYMBOLS",
+    "ticks_per_symbol": "MARKET_TICKS_PER_SYMBOL",
+    "seed": "MARKET_SEED",
+    "batch_size": "MARKET_BATCH_SIZE",
+    "idle_timeout_s": "MARKET_IDLE_TIMEOUT_S",
+    "live_rate": "MARKET_LIVE_RATE",
+    "api_host": "MARKET_API_HOST",
+    "api_port": "MARKET_API_PORT",
+    "voila_port": "MARKET_VOILA_PORT",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which ``Settings.from_env()`` rebuilds ``settings``.
+
+    Subprocesses (the API, Voila and its kernels) read settings from the
+    environment, so this is how they get the very same configuration,
+    overrides from CLI options included.
+    """
+    env = dict(os.environ if base is None else base)
+    for name, var in ENV_NAMES.items():
+        value = getattr(settings, name)
+        env[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return env
+
+
+# --------------------------------------------------------------------------- producer
+
+
+@dataclass
+class LiveCounters:
+    """What the pipeline threads did, shared with the status line (ints: GIL-safe enough)."""
+
+    started: float = field(default_factory=time.monotonic)
+    produced: int = 0
+    failed: int = 0
+    stored: int = 0
+    #: Seconds from a batch's newest event time to its DuckDB commit, since the last status.
+    commit_lag_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def tick_schedule(started: float, index: int, interval_s: float, now: float) -> tuple[float, float]:
+    """When tick ``index`` is due, and the (possibly re-anchored) start of the schedule.
+
+    Ticks are due at ``started + index * interval_s`` on the monotonic clock,
+    so sleep jitter never accumulates into drift. A backlog beyond
+    :data:`MAX_BACKLOG_S` moves the start forward: live data is about *now*.
+    """
+    due = started + index * interval_s
+    if now - due > MAX_BACKLOG_S:
+        started = now - index * interval_s
+        due = now
+    return due, started
+
+
+def _unique_now(last: datetime | None) -> datetime:
+    """The current UTC time, strictly after ``last``: a tick's identity includes its timestamp."""
+    now = datetime.now(UTC)
+    if last is not None and now <= last:
+        now = last + timedelta(microseconds=1)
+    return now
+
+
+def produce_live(
+    settings: Settings,
+    stop: threading.Event,
+    duration_s: float | None = None,
+    counters: LiveCounters | None = None,
+) -> int:
+    """Send ``settings.live_rate`` ticks/s per symbol, stamped now, until ``stop`` or duration.
+
+    The symbols take turns at evenly spaced instants (rate x symbols per
+    second), which keeps the stream smooth for charts. A small linger keeps a
+    tick's wait in the producer to milliseconds. Returns the ticks acknowledged.
+    """
+    from marketstream.produce import ensure_topic, make_producer
+    from marketstream.ticks import RandomWalk
+
+    counters = counters or LiveCounters()
+    ensure_topic(settings)
+    producer = make_producer(settings, linger_ms=5, max_block_ms=10_000)
+    walk = RandomWalk(settings.symbols)
+    symbols = settings.symbols
+    interval_s = 1.0 / (settings.live_rate * len(symbols))
+    last: dict[str, datetime] = {}
+
+    def on_error(exc: BaseException) -> None:
+        counters.failed += 1
+        if len(counters.errors) < 20:
+            counters.errors.append(f"{type(exc).__name__}: {exc}")
+
+    started = time.monotonic()
+    end = None if duration_s is None else started + duration_s
+    index = 0
+    try:
+        while not stop.is_set():
+            due, started = tick_schedule(started, index, interval_s, time.monotonic())
+            if end is not None and due >= end:
+                break
+            if stop.wait(max(0.0, due - time.monotonic())):
+                break
+            symbol = symbols[index % len(symbols)]
+            last[symbol] = _unique_now(last.get(symbol))
+            tick = walk.step(symbol, last[symbol])
+            future = producer.send(settings.topic, key=tick.key, value=tick.to_message())
+            future.add_errback(on_error)
+            counters.produced += 1
+            index += 1
+        producer.flush(timeout=10)
+    finally:
+        producer.close(timeout=5)
+    return counters.produced - counters.failed
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
+
+    libc is loaded here, in the parent, so the child only makes one C call
+    between fork and exec (no imports, no Python locks).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+@dataclass
+class Child:
+    """A server subprocess of live mode, with the log file its output goes to."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    _log: IO[bytes] | None = None
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of its output, to say why it stopped."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def start_child(
+    name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, url: str
+) -> Child:
+    """Start a server in its own session, output to ``log_path``, tied to this process's life."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        list(cmd),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+        preexec_fn=_parent_death_signal(),  # one C call between fork and exec
+    )
+    return Child(name, proc, log_path, url, log)
+
+
+def process_family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The process and all its descendants (Voila's kernels), as they are now."""
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_process_tree(
+    proc: subprocess.Popen[bytes],
+    family: Sequence[psutil.Process] | None = None,
+    grace_s: float = STOP_GRACE_S,
+) -> None:
+    """SIGTERM a process, wait, then SIGTERM/SIGKILL whatever of its family is left.
+
+    ``family`` should be listed before anything is signalled: once the parent
+    exits, its orphans are re-parented and can no longer be found from it.
+    """
+    family = process_family(proc) if family is None else family
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    rest = [p for p in family if p.pid != proc.pid and p.is_running()]
+    for p in rest:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(rest, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop_child(child: Child, family: Sequence[psutil.Process] | None = None) -> None:
+    """Stop one server (and its family) and close its log file."""
+    try:
+        stop_process_tree(child.proc, family)
+    finally:
+        if child._log is not None:
+            child._log.close()
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True if something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def api_command() -> list[str]:
+    """The API under waitress, in this interpreter (so the same installed packages)."""
+    return [sys.executable, "-m", "marketstream_api.serve"]
+
+
+def voila_command(settings: Settings, notebook: Path = LIVE_NOTEBOOK) -> list[str]:
+    """Voila serving the live page only, on localhost, without opening a browser."""
+    return [
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook),
+        f"--port={settings.voila_port}",
+        "--no-browser",
+        "--Voila.ip=127.0.0.1",
+        "--show_tracebacks=True",
+        # Voila 0.5.13 cannot shut a closed page's kernel down (its unload request lacks
+        # an XSRF token); the page stops refreshing without a browser, and the server
+        # then culls the idle kernel, so closed tabs do not pile up kernels.
+        f"--MappingKernelManager.cull_idle_timeout={VOILA_CULL_IDLE_S}",
+        f"--MappingKernelManager.cull_interval={VOILA_CULL_INTERVAL_S}",
+    ]
+
+
+def start_servers(settings: Settings, *, api: bool, voila: bool) -> list[Child]:
+    """Start the API and/or Voila; their logs go beside the pipeline log."""
+    env = settings_env(settings)
+    logs = settings.log_path.parent
+    children = []
+    try:
+        if api:
+            url = f"http://{settings.api_host}:{settings.api_port}"
+            children.append(start_child("API", api_command(), env, logs / "api.log", url))
+        if voila:
+            url = f"http://127.0.0.1:{settings.voila_port}"
+            children.append(
+                start_child("Voila", voila_command(settings), env, logs / "voila.log", url)
+            )
+    except BaseException:
+        for child in children:
+            stop_child(child)
+        raise
+    return children
+
+
+def wait_ready(child: Child, stop: threading.Event, timeout_s: float = 60.0) -> bool:
+    """Wait until the server's port answers; False if it died, timed out, or stop was set."""
+    host_port = child.url.split("//", 1)[1]
+    host, _, port = host_port.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        if not child.alive():
+            return False
+        if port_open(host, int(port)):
+            return True
+        stop.wait(0.2)
+    return False
+
+
+# --------------------------------------------------------------------------- run_live
+
+
+class _Worker(threading.Thread):
+    """A pipeline thread that keeps its exception for the caller and stops the rest on failure."""
+
+    def __init__(self, name: str, target: Callable[[], object], stop: threading.Event):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self._stop_event = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:
+            self.error = exc
+            self._stop_event.set()
+
+
+def start_pipeline(
+    settings: Settings, stop: threading.Event, counters: LiveCounters
+) -> list[_Worker]:
+    """The live consumer and the paced producer, as threads sharing ``stop``."""
+    from marketstream.consume import consume
+
+    def on_batch(batch: object, added: int) -> None:
+        counters.stored += added
+        newest = getattr(batch, "max_event_time", None)
+        if newest is None:
+            return
+        lag = (datetime.now(UTC) - newest.replace(tzinfo=UTC)).total_seconds()
+        counters.commit_lag_s.append(lag)
+
+    workers = [
+        _Worker(
+            "live-consumer",
+            lambda: consume(settings, live=True, stop=stop, progress=False, on_batch=on_batch),
+            stop,
+        ),
+        _Worker("live-producer", lambda: produce_live(settings, stop, counters=counters), stop),
+    ]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def describe_urls(settings: Settings, children: Sequence[Child]) -> list[str]:
+    """What to open, for the terminal."""
+    lines = []
+    for child in children:
+        if child.name == "API":
+            lines.append(f"  API    {child.url}/live  /metrics  /candles  /runs  /health")
+            lines.append(
+                f"  Grafana: its Infinity datasource reads the API; set "
+                f"MARKETSTREAM_API_URL={child.url} (or `docker compose up grafana`)"
+            )
+        else:
+            lines.append(f"  {child.name:<6} {child.url}")
+    return lines
+
+
+def status_line(counters: LiveCounters, label: str = "live") -> str:
+    """One progress line: ticks produced and stored, and how long ticks took to be committed.
+
+    The lag (event time -> DuckDB commit) is over the batches since the last
+    line, which is what tells a slow consumer or a writer kept waiting by readers.
+    """
+    elapsed = max(time.monotonic() - counters.started, 1e-9)
+    lags, counters.commit_lag_s = sorted(counters.commit_lag_s), []
+    lag = ""
+    if lags:
+        median = lags[len(lags) // 2]
+        lag = f", event->DuckDB median {median * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms"
+    return (
+        f"{label} {elapsed:.0f}s: produced {counters.produced} ({counters.failed} failed), "
+        f"stored {counters.stored} ({counters.stored / elapsed:.1f}/s){lag}"
+    )
+
+
+def _worker_error(workers: Sequence[_Worker]) -> str | None:
+    for worker in workers:
+        if worker.error is not None:
+            return f"{worker.name} failed: {worker.error}"
+    return None
+
+
+def _first_failure(workers: Sequence[_Worker], children: Sequence[Child]) -> str | None:
+    """While running: a pipeline thread that raised or ended, or a server that exited."""
+    failure = _worker_error(workers)
+    if failure is not None:
+        return failure
+    for worker in workers:
+        if not worker.is_alive():
+            return f"{worker.name} stopped unexpectedly"
+    for child in children:
+        if not child.alive():
+            return (
+                f"{child.name} exited with code {child.proc.returncode}: {child.log_tail()} "
+                f"(full log {child.log_path})"
+            )
+    return None
+
+
+def _await_servers(children: Sequence[Child], stop: threading.Event) -> str | None:
+    """Wait for every server's port; the reason if one died or never answered."""
+    for child in children:
+        if wait_ready(child, stop) or stop.is_set():
+            continue
+        if not child.alive():
+            return _first_failure([], [child])
+        return f"{child.name} did not answer at {child.url}; see {child.log_path}"
+    return None
+
+
+def _supervise(
+    workers: Sequence[_Worker],
+    children: Sequence[Child],
+    counters: LiveCounters,
+    stop: threading.Event,
+    duration_s: float | None,
+    say: Callable[[str], None],
+) -> str | None:
+    """Wait for stop, the duration, or a part failing (returned as a one-line reason)."""
+    started = time.monotonic()
+    end = None if duration_s is None else started + duration_s
+    next_status = started + STATUS_EVERY_S
+    while not stop.is_set():
+        failure = _first_failure(workers, children)
+        if failure is not None:
+            return failure
+        now = time.monotonic()
+        if end is not None and now >= end:
+            return None
+        if now >= next_status:
+            say(status_line(counters))
+            next_status += STATUS_EVERY_S
+        stop.wait(0.25 if end is None else min(0.25, max(0.0, end - now)))
+    return _worker_error(workers)  # a thread that failed sets stop too
+
+
+def _shutdown(
+    workers: Sequence[_Worker],
+    children: Sequence[Child],
+    stop: threading.Event,
+    broker_started: bool,
+    settings: Settings,
+) -> None:
+    """Stop the pipeline (it finishes its batch), then the servers, then our broker.
+
+    Servers get SIGTERM all at once first, so their shutdowns overlap. Our
+    broker is stopped even if a second Ctrl-C cuts the rest short (the
+    servers then still get their parent-death signal).
+    """
+    from marketstream import broker
+
+    try:
+        stop.set()
+        families = [process_family(child.proc) for child in children]
+        for child in children:
+            if child.alive():
+                child.proc.terminate()
+        for worker in workers:
+            worker.join(timeout=30)
+        for child, family in zip(children, families, strict=True):
+            stop_child(child, family)
+    finally:
+        if broker_started:
+            broker.stop_broker(settings)
+
+
+def run_live(
+    settings: Settings,
+    *,
+    api: bool = True,
+    voila: bool = True,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
+) -> int:
+    """Stream until ``stop`` (Ctrl-C/SIGTERM in the CLI) or ``duration_s``; serve API and Voila.
+
+    Returns 0 after a clean stop, 1 if a part failed (the reason is printed).
+    Everything started here is stopped here, including a broker this call
+    had to start; a broker that was already running is left alone.
+    """
+    from marketstream import broker
+    from marketstream.store import init_db
+
+    say = say or (lambda line: print(line, flush=True))
+    stop = stop or threading.Event()
+    log = get_logger(settings.log_path)
+    broker_started = not broker.broker_status(settings).reachable
+    broker.ensure_broker(settings)
+    workers: list[_Worker] = []
+    children: list[Child] = []
+    counters = LiveCounters()
+    failure: str | None = None
+    try:
+        init_db(settings.db_path)  # readers find a file (empty) from the first second
+        children = start_servers(settings, api=api, voila=voila)
+        workers = start_pipeline(settings, stop, counters)
+        say(
+            f"live: {settings.live_rate:g} ticks/s per symbol ({', '.join(settings.symbols)}) "
+            f"-> {settings.topic} @ {settings.bootstrap_servers} -> {settings.db_path}"
+        )
+        log.info("live_start", extra={"topic": settings.topic, "rate": settings.live_rate})
+        failure = _await_servers(children, stop)
+        if failure is None and not stop.is_set():
+            for line in describe_urls(settings, children):
+                say(line)
+            say("  Ctrl-C stops everything" if duration_s is None else f"  for {duration_s:g}s")
+            failure = _supervise(workers, children, counters, stop, duration_s, say)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _shutdown(workers, children, stop, broker_started, settings)
+    say(status_line(counters, "live stopped after"))
+    if failure:
+        say(f"marketstream live: {failure}")
+        log.error("live_failed", extra={"reason": failure})
+        return 1
+    log.info("live_end", extra={"produced": counters.produced, "stored": counters.stored})
+    return 0

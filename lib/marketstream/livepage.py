@@ -1,0 +1,410 @@
+"""The Voila live page: one plotly FigureWidget whose data is replaced in place every few seconds.
+
+Why it is built this way:
+
+- A Voila page runs its notebook once, then keeps the kernel connected to the
+  browser. Changing a FigureWidget's trace data in the kernel sends only that
+  data over the widget channel, and plotly.js restyles the chart where it is:
+  no reload, no flicker, and the user's zoom survives (``uirevision``).
+- All charts (prices, volumes, freshness, statistics table) are subplots of a
+  *single* FigureWidget. Each FigureWidget is an anywidget that ships plotly's
+  5 MB JavaScript bundle with its state; with one widget per chart, pages
+  loaded slowly and some charts never received their updates in Voila 0.5.
+  One widget loads once and updates reliably, with one message per refresh.
+- Widgets are not thread-safe (ipywidgets defers, and can drop, a change made
+  while the kernel applies a message from the browser to the same widget), so
+  in a kernel the refresh loop is an asyncio task on the kernel's own event
+  loop; only the DuckDB read runs in a worker thread. Outside a kernel (tests,
+  scripts) a daemon thread refreshes instead.
+- The cells all finish at once (Voila shows the page, papermill and nbval end),
+  and the loop lives as long as the kernel, or ``max_refreshes`` for headless runs.
+
+Reads go through :mod:`marketstream.store` only, whose read-only connections
+wait politely while the live consumer holds the file; anything that still goes
+wrong becomes one line in the page's status bar, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import html
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from marketstream import store
+from marketstream.settings import Settings
+
+#: Columns of the statistics table, as the store's ``market_metrics`` names them.
+STATS_COLUMNS = ("symbol", "tickcount", "avgprice", "minprice", "maxprice", "totalvolume")
+
+#: Freshness samples kept for the freshness chart (one per refresh).
+FRESHNESS_HISTORY = 300
+
+#: In a kernel, stop refreshing when no browser has acknowledged an update for this long.
+ORPHAN_AFTER_S = 60.0
+
+#: What the browser's plotly view sends back after applying an update (or after a zoom).
+_FRONTEND_TRAITS = ("_js2py_traceDeltas", "_js2py_relayout", "_js2py_restyle", "_js2py_update")
+
+#: Pixel heights of the page's rows: one per symbol's price, then volume, freshness, table;
+#: the gap between rows leaves room for each row's title.
+PRICE_ROW_PX, VOLUME_ROW_PX, FRESHNESS_ROW_PX, TABLE_ROW_PX, GAP_PX = 150, 220, 170, 150, 50
+MARGIN = {"l": 70, "r": 20, "t": 40, "b": 20}
+
+
+@dataclass
+class Snapshot:
+    """One read of the store: everything a refresh draws."""
+
+    taken_at: datetime
+    ticks: int
+    newest: datetime | None
+    wide: pd.DataFrame
+    metrics: pd.DataFrame
+
+    @property
+    def freshness_s(self) -> float | None:
+        """Seconds from the newest stored tick's event time to this read."""
+        if self.newest is None:
+            return None
+        return (self.taken_at - self.newest.replace(tzinfo=UTC)).total_seconds()
+
+
+def read_snapshot(settings: Settings, window_s: int) -> Snapshot:
+    """Health, the last ``window_s`` seconds per symbol, and the per-symbol statistics."""
+    taken_at = datetime.now(UTC)
+    health = store.health(settings.db_path)
+    since = (taken_at - timedelta(seconds=window_s)).replace(tzinfo=None)
+    wide = store.live_wide(settings.db_path, limit=window_s, since=since)
+    metrics = store.market_metrics(settings.db_path)
+    return Snapshot(taken_at, health["ticks"], health["newest_event_time"], wide, metrics)
+
+
+def live_figure(symbols: tuple[str, ...]) -> go.FigureWidget:
+    """Every chart of the page as rows of one figure; traces are tagged by ``meta``.
+
+    Traces, in order: one price line per symbol, one volume bar per symbol,
+    the freshness line, the statistics table.
+    """
+    n = len(symbols)
+    heights = [PRICE_ROW_PX] * n + [VOLUME_ROW_PX, FRESHNESS_ROW_PX, TABLE_ROW_PX]
+    plot_px = sum(heights) + GAP_PX * (len(heights) - 1)
+    fig = make_subplots(
+        rows=len(heights),
+        cols=1,
+        row_heights=heights,
+        vertical_spacing=GAP_PX / plot_px,
+        subplot_titles=[
+            *(f"{s} — last price each second" for s in symbols),
+            "Volume per second",
+            "Freshness: now − newest event time (s)",
+            "Market statistics",
+        ],
+        specs=[[{"type": "xy"}]] * (n + 2) + [[{"type": "table"}]],
+    )
+    colors = dict(zip(symbols, itertools.cycle(qualitative.Plotly), strict=False))
+    for row, symbol in enumerate(symbols, start=1):
+        price = go.Scatter(
+            x=[],
+            y=[],
+            mode="lines",
+            name=symbol,
+            meta="price",
+            showlegend=False,
+            line={"color": colors[symbol]},
+        )
+        fig.add_trace(price, row=row, col=1)
+    for symbol in symbols:
+        volume = go.Bar(x=[], y=[], name=symbol, meta="volume", marker_color=colors[symbol])
+        fig.add_trace(volume, row=n + 1, col=1)
+    freshness = go.Scatter(
+        x=[], y=[], mode="lines+markers", name="freshness", meta="freshness", showlegend=False
+    )
+    fig.add_trace(freshness, row=n + 2, col=1)
+    table = go.Table(
+        header={"values": list(STATS_COLUMNS), "align": "left"},
+        cells={"values": [[] for _ in STATS_COLUMNS], "align": "left"},
+        meta="stats",
+    )
+    fig.add_trace(table, row=n + 3, col=1)
+    for row in range(1, n + 2):  # prices and volumes: one time axis, labelled under volumes
+        fig.update_xaxes(matches="x", showticklabels=row == n + 1, row=row, col=1)
+    fig.update_yaxes(rangemode="tozero", row=n + 2, col=1)
+    volume_top = fig.layout[f"yaxis{n + 1}"].domain[1]
+    fig.update_layout(
+        height=plot_px + MARGIN["t"] + MARGIN["b"],
+        barmode="stack",
+        margin=MARGIN,
+        legend={"x": 1, "xanchor": "right", "y": volume_top, "yanchor": "top"},
+        uirevision="live",  # keep the user's zoom and hidden traces across updates
+    )
+    return go.FigureWidget(fig)
+
+
+def _column(frame: pd.DataFrame, name: str) -> list[Any]:
+    return frame[name].tolist() if name in frame.columns else []
+
+
+def stats_cells(metrics: pd.DataFrame) -> list[list[Any]]:
+    """Table cells, column by column, with numbers formatted for people."""
+    cells: list[list[Any]] = []
+    for name in STATS_COLUMNS:
+        values = _column(metrics, name)
+        if name in ("avgprice", "minprice", "maxprice"):
+            values = [f"{v:,.2f}" for v in values]
+        elif name in ("tickcount", "totalvolume"):
+            values = [f"{int(v):,}" for v in values]
+        cells.append(values)
+    return cells
+
+
+def status_html(snapshot: Snapshot | None, refresh_s: float, error: str | None = None) -> str:
+    """The status bar: tick count, newest event, freshness, or what is wrong."""
+    now = datetime.now(UTC).strftime("%H:%M:%S")
+    if error is not None:
+        return (
+            f'<div class="ms-status ms-waiting">⏳ waiting for data: {html.escape(error)} '
+            f"(retrying every {refresh_s:g} s, {now} UTC)</div>"
+        )
+    if snapshot is None or snapshot.newest is None:
+        return f'<div class="ms-status ms-waiting">⏳ no ticks yet ({now} UTC)</div>'
+    newest = snapshot.newest.strftime("%H:%M:%S.%f")[:-3]
+    return (
+        f'<div class="ms-status ms-live">● live · <b class="ms-ticks">{snapshot.ticks:,}</b> '
+        f"ticks · newest event {newest} UTC · freshness "
+        f'<b class="ms-freshness">{snapshot.freshness_s:.2f} s</b> · '
+        f"refreshed {now} UTC, every {refresh_s:g} s</div>"
+    )
+
+
+def paused_html(after_s: float) -> str:
+    """The status bar once refreshing stopped because no browser was showing the page."""
+    return (
+        '<div class="ms-status ms-paused">⏸ paused: no browser showed this page for '
+        f"{after_s:g} s; reload the page to resume</div>"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+#: Pages refreshing from a thread, stopped at interpreter exit (see :func:`_stop_all`).
+_THREADED: weakref.WeakSet[LivePage] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Let a threaded refresh finish before the interpreter exits.
+
+    A daemon thread frozen at exit in the middle of a DuckDB call aborts the
+    process ("exception not rethrown") as the C++ stack unwinds; stopping the
+    loop and joining it first makes every exit quiet.
+    """
+    for page in list(_THREADED):
+        page.stop(timeout_s=5.0)
+
+
+class LivePage:
+    """The live page's widgets and the loop that refreshes them in place."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        window_s: int = 300,
+        refresh_s: float = 2.0,
+        orphan_after_s: float = ORPHAN_AFTER_S,
+    ):
+        self.settings = settings
+        self.symbols = tuple(settings.symbols)
+        self.window_s = window_s
+        self.refresh_s = refresh_s
+        self.orphan_after_s = orphan_after_s
+        self.status = widgets.HTML(status_html(None, refresh_s))
+        self.figure = live_figure(self.symbols)
+        self.view = widgets.VBox([self.status, self.figure], layout=widgets.Layout(width="100%"))
+        self.refreshes = 0
+        self.last_error: str | None = None
+        self._history: deque[tuple[datetime, float]] = deque(maxlen=FRESHNESS_HISTORY)
+        self._newest_drawn: datetime | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._seen_at = time.monotonic()
+        self.figure.observe(self._on_frontend, names=list(_FRONTEND_TRAITS))
+
+    # ------------------------------------------------------------------ frontend
+
+    def _on_frontend(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._seen_at = time.monotonic()
+
+    @property
+    def orphaned(self) -> bool:
+        """No browser has acknowledged an update for ``orphan_after_s``.
+
+        The page's tab was closed (Voila 0.5.13 fails to shut its kernel down
+        then: its unload request is refused for a missing XSRF token), or a
+        headless run has no frontend. Refreshing on would keep reading the
+        store and keep the kernel busy for ever; stopping lets the server
+        cull the idle kernel.
+        """
+        return time.monotonic() - self._seen_at > self.orphan_after_s
+
+    # ------------------------------------------------------------------ traces
+
+    def traces(self, meta: str) -> list[Any]:
+        """The figure's traces tagged ``meta`` ("price", "volume", "freshness" or "stats")."""
+        return [t for t in self.figure.data if t.meta == meta]
+
+    # ------------------------------------------------------------------ drawing
+
+    def _draw_series(self, wide: pd.DataFrame) -> None:
+        times = _column(wide, "time")
+        for trace, symbol in zip(self.traces("price"), self.symbols, strict=True):
+            trace.x, trace.y = times, _column(wide, symbol)
+        for trace, symbol in zip(self.traces("volume"), self.symbols, strict=True):
+            trace.x, trace.y = times, _column(wide, f"{symbol}volume")
+
+    def _draw_freshness(self, snapshot: Snapshot) -> None:
+        if snapshot.freshness_s is None:
+            return
+        self._history.append((snapshot.taken_at.replace(tzinfo=None), snapshot.freshness_s))
+        xs, ys = zip(*self._history, strict=True)
+        (trace,) = self.traces("freshness")
+        trace.x, trace.y = list(xs), list(ys)
+
+    def draw(self, snapshot: Snapshot) -> None:
+        """Put a snapshot on the page, as one update message for the whole figure.
+
+        Series and table are only re-sent when new ticks arrived.
+        """
+        with self.figure.batch_update():
+            if snapshot.newest != self._newest_drawn:
+                self._draw_series(snapshot.wide)
+                (table,) = self.traces("stats")
+                table.cells.values = stats_cells(snapshot.metrics)
+                self._newest_drawn = snapshot.newest
+            self._draw_freshness(snapshot)
+        self.status.value = status_html(snapshot, self.refresh_s)
+
+    def show_error(self, exc: BaseException) -> None:
+        """Say in the status bar why there is nothing new; the charts keep what they show."""
+        self.last_error = _first_line(exc)
+        self.status.value = status_html(None, self.refresh_s, self.last_error)
+
+    # ------------------------------------------------------------------ refreshing
+
+    def refresh(self) -> bool:
+        """Read and draw once; on any failure show it in the status bar and return False."""
+        try:
+            snapshot = read_snapshot(self.settings, self.window_s)
+            self.draw(snapshot)
+        except Exception as exc:  # the page must keep going whatever one read hits
+            self.show_error(exc)
+            return False
+        finally:
+            self.refreshes += 1
+        self.last_error = None
+        return True
+
+    async def _refresh_async(self) -> None:
+        """Read in a worker thread, draw on the event loop (the widgets' thread)."""
+        try:
+            snapshot = await asyncio.to_thread(read_snapshot, self.settings, self.window_s)
+            self.draw(snapshot)
+            self.last_error = None
+        except Exception as exc:
+            self.show_error(exc)
+        finally:
+            self.refreshes += 1
+
+    async def _loop_async(self, max_refreshes: int | None) -> None:
+        done, next_at = 0, time.monotonic()
+        self._seen_at = next_at
+        while (max_refreshes is None or done < max_refreshes) and not self._stop.is_set():
+            next_at += self.refresh_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if self.orphaned:
+                self.status.value = paused_html(self.orphan_after_s)
+                return
+            if not self._stop.is_set():
+                await self._refresh_async()
+            done += 1
+
+    def _loop_thread(self, max_refreshes: int | None) -> None:
+        done, next_at = 0, time.monotonic()
+        while max_refreshes is None or done < max_refreshes:
+            next_at += self.refresh_s
+            if self._stop.wait(max(0.0, next_at - time.monotonic())):
+                return
+            self.refresh()
+            done += 1
+
+    def start(self, max_refreshes: int | None = None) -> None:
+        """Refresh every ``refresh_s``; ``max_refreshes`` bounds it (headless runs, tests).
+
+        In a kernel (an event loop is running) this is a task on that loop;
+        elsewhere a daemon thread.
+        """
+        if self.running:
+            return
+        self._stop.clear()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._task = loop.create_task(self._loop_async(max_refreshes))
+            return
+        self._thread = threading.Thread(
+            target=self._loop_thread, args=(max_refreshes,), name="live-page", daemon=True
+        )
+        self._thread.start()
+        _THREADED.add(self)
+
+    @property
+    def running(self) -> bool:
+        """True while a refresh loop is active."""
+        task_alive = self._task is not None and not self._task.done()
+        return task_alive or (self._thread is not None and self._thread.is_alive())
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop refreshing (the charts keep their last data)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Block until a bounded threaded loop has finished (for scripts and tests)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def live_page(
+    settings: Settings,
+    *,
+    window_s: int = 300,
+    refresh_s: float = 2.0,
+    max_refreshes: int | None = None,
+) -> LivePage:
+    """Build the page, draw it once now, and keep it refreshing: what the notebook calls."""
+    page = LivePage(settings, window_s=window_s, refresh_s=refresh_s)
+    page.refresh()
+    page.start(max_refreshes)
+    return page

@@ -1,0 +1,340 @@
+"""Soak run: N ticks through a real broker into DuckDB while the consumer's memory is watched.
+
+``python -m marketstream.soak --n 1000000`` produces N ticks (a streamed random
+walk, never all in memory) to a topic of its own, then runs the real consumer
+(``marketstream consume``) as a child process over the whole backlog and
+samples its resident memory (RSS) a few times a second against its progress
+(the consumer group's committed offsets). It prints the RSS curve at 10%, 25%,
+50%, 75% and 100% of the ticks and the peak, which the kernel reports exactly
+when the child exits.
+
+What bounds the consumer's memory is the batch (``MARKET_BATCH_SIZE``, at
+most that many records per poll and per DuckDB transaction) and kafka-python's
+fetch limits (``fetch_max_bytes``, ``max_partition_fetch_bytes``), not the
+number of ticks: a flat curve from 10% to 100% is the evidence.
+
+The run uses its own topic, consumer group and DuckDB file (under
+``<output dir>/soak/``), so it never touches the demo's data, and deletes the
+topic afterwards. A broker is started if none answers, and stopped again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import psutil
+
+from marketstream.cli import expected_errors
+from marketstream.settings import Settings
+from marketstream.ticks import DEFAULT_START, RandomWalk, Tick
+
+#: Points of the run (share of all ticks committed) at which the RSS is reported.
+CHECKPOINTS = (10, 25, 50, 75, 100)
+
+
+class SoakError(RuntimeError):
+    """The soak run could not finish; the message says why."""
+
+
+@dataclass
+class Sample:
+    """One observation of the consumer: seconds since start, ticks committed, RSS."""
+
+    t_s: float
+    committed: int
+    rss_bytes: int
+
+
+@dataclass
+class SoakReport:
+    """What a soak run measured."""
+
+    n: int
+    batch_size: int
+    produce_s: float
+    consume_s: float
+    rows: int
+    exit_code: int
+    peak_rss_bytes: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def rss_at(self, percent: int) -> int | None:
+        """RSS of the first sample at or past ``percent`` of the ticks; for 100, of the
+        last sample taken before the consumer exited (it exits once caught up)."""
+        if percent >= 100:
+            return self.samples[-1].rss_bytes if self.samples else None
+        target = self.n * percent / 100
+        for sample in self.samples:
+            if sample.committed >= target:
+                return sample.rss_bytes
+        return None
+
+    @property
+    def curve(self) -> dict[int, int | None]:
+        return {p: self.rss_at(p) for p in CHECKPOINTS}
+
+    @property
+    def growth(self) -> float | None:
+        """RSS at 100% over RSS at 10%: about 1 when memory does not grow with ticks."""
+        first, last = self.rss_at(10), self.rss_at(100)
+        return last / first if first and last else None
+
+    def describe(self) -> str:
+        """A few lines for the terminal."""
+        mb = 1024 * 1024
+        rate = self.n / self.consume_s if self.consume_s > 0 else 0.0
+        lines = [
+            f"soak: {self.n:,} ticks, batch size {self.batch_size:,}",
+            f"  produce : {self.produce_s:.1f} s ({self.n / max(self.produce_s, 1e-9):,.0f}/s)",
+            f"  consume : {self.consume_s:.1f} s ({rate:,.0f}/s), exit code {self.exit_code}, "
+            f"{self.rows:,} rows in DuckDB",
+            "  consumer RSS by progress:",
+        ]
+        for percent, rss in self.curve.items():
+            shown = f"{rss / mb:7.1f} MB" if rss is not None else "      (not sampled)"
+            lines.append(f"    {percent:3d}% {shown}")
+        lines.append(f"  peak RSS: {self.peak_rss_bytes / mb:.1f} MB")
+        if self.growth is not None:
+            lines.append(f"  growth 10% -> 100%: x{self.growth:.2f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {**asdict(self), "curve": self.curve, "growth": self.growth},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+        )
+
+
+def stream_ticks(symbols: Sequence[str], n: int, *, seed: int = 42) -> Iterator[Tick]:
+    """n ticks of a continuous random walk, one second apart per symbol, generated lazily."""
+    walk = RandomWalk(symbols, seed=seed)
+    for i in range(n):
+        symbol = symbols[i % len(symbols)]
+        yield walk.step(symbol, DEFAULT_START + timedelta(seconds=i // len(symbols)))
+
+
+def soak_settings(settings: Settings, run_id: str | None = None) -> Settings:
+    """Settings with a topic, group, DuckDB file and log of the soak's own."""
+    run_id = run_id or uuid.uuid4().hex[:8]
+    folder = settings.output_dir / "soak"
+    return settings.with_(
+        topic=f"{settings.topic}-soak-{run_id}",
+        consumer_group=f"{settings.consumer_group}-soak-{run_id}",
+        db_path=folder / f"soak-{run_id}.duckdb",
+        log_path=folder / f"soak-{run_id}.log",
+    )
+
+
+def consumer_env(settings: Settings) -> dict[str, str]:
+    """The environment that points ``marketstream consume`` at these settings."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "KAFKA_TOPIC": settings.topic,
+            "KAFKA_CONSUMER_GROUP": settings.consumer_group,
+            "KAFKA_SECURITY_PROTOCOL": settings.security_protocol,
+            "KAFKA_SASL_MECHANISM": settings.sasl_mechanism,
+            "KAFKA_SASL_USERNAME": settings.sasl_username,
+            "KAFKA_SASL_PASSWORD": settings.sasl_password,
+            "KAFKA_SSL_CAFILE": settings.ssl_cafile,
+            "MARKET_DB_PATH": str(settings.db_path),
+            "MARKET_LOG_PATH": str(settings.log_path),
+            "MARKET_BATCH_SIZE": str(settings.batch_size),
+            "MARKET_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
+        }
+    )
+    return env
+
+
+def _committed(admin: object, settings: Settings) -> int:
+    """Ticks the consumer group has committed on the topic (0 before its first commit)."""
+    from kafka.errors import KafkaError
+
+    group = settings.consumer_group
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})  # type: ignore[attr-defined]
+    except KafkaError:
+        return 0
+    return sum(m.offset for tp, m in offsets.items() if tp.topic == settings.topic and m.offset > 0)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, int] | None:
+    """Non-blocking: (exit code, peak RSS in bytes) once the child has exited, else None.
+
+    ``os.wait4`` hands back the child's resource usage, whose ``ru_maxrss`` is the
+    kernel's own high-water mark of its RSS (KiB on Linux, bytes on macOS).
+    """
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    scale = 1 if sys.platform == "darwin" else 1024
+    return code, usage.ru_maxrss * scale
+
+
+def _rss(process: psutil.Process) -> int | None:
+    with contextlib.suppress(psutil.Error):
+        return process.memory_info().rss
+    return None
+
+
+def consume_and_sample(
+    settings: Settings,
+    n: int,
+    *,
+    interval_s: float = 0.2,
+    timeout_s: float = 3600,
+    progress: bool = True,
+) -> tuple[int, float, int, list[Sample]]:
+    """Run ``marketstream consume`` over the topic, sampling its RSS against committed
+    offsets until it exits; return (exit code, seconds, peak RSS, samples)."""
+    from kafka import KafkaAdminClient
+    from tqdm.auto import tqdm
+
+    admin = KafkaAdminClient(**settings.kafka_client_config())
+    cmd = [sys.executable, "-m", "marketstream.cli", "consume", "-q"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, env=consumer_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    process = psutil.Process(proc.pid)
+    samples: list[Sample] = []
+    bar = tqdm(total=n, unit="tick", desc="consume", disable=not progress)
+    try:
+        while True:
+            done = _reap(proc)
+            if done is not None:
+                code, peak = done
+                break
+            rss = _rss(process)
+            committed = _committed(admin, settings)
+            if rss is not None:
+                samples.append(Sample(round(time.monotonic() - started, 2), committed, rss))
+            bar.update(committed - bar.n)
+            if time.monotonic() - started > timeout_s:
+                proc.kill()
+                raise SoakError(f"the consumer did not finish {n:,} ticks in {timeout_s:g} s")
+            time.sleep(interval_s)
+        elapsed = time.monotonic() - started
+        bar.update(_committed(admin, settings) - bar.n)
+    finally:
+        bar.close()
+        admin.close()
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    if code != 0:
+        raise SoakError(f"the consumer exited with code {code}: {stderr.strip()[-500:]}")
+    return code, elapsed, peak, samples
+
+
+def run_soak(
+    settings: Settings,
+    n: int,
+    *,
+    own_names: bool = True,
+    keep: bool = False,
+    progress: bool = True,
+    interval_s: float = 0.2,
+) -> SoakReport:
+    """Produce n ticks, consume them in a child process while sampling its memory.
+
+    ``own_names`` gives the run a topic, group and DuckDB file of its own (see
+    :func:`soak_settings`); ``keep`` leaves the topic and the DuckDB file behind.
+    """
+    from marketstream import broker, store
+    from marketstream.produce import delete_topic, produce_ticks
+
+    if n < 1:
+        raise SoakError("--n must be at least 1")
+    if own_names:
+        settings = soak_settings(settings)
+    for suffix in ("", ".wal"):
+        Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+
+    started_broker = not broker.broker_status(settings).reachable
+    if started_broker:
+        broker.start_broker(settings)
+    try:
+        t0 = time.monotonic()
+        summary = produce_ticks(
+            stream_ticks(settings.symbols, n, seed=settings.seed),
+            settings,
+            total=n,
+            progress=progress,
+        )
+        produce_s = time.monotonic() - t0
+        if summary.sent != n:
+            raise SoakError(f"only {summary.sent:,} of {n:,} ticks were acknowledged")
+        code, consume_s, peak, samples = consume_and_sample(
+            settings, n, progress=progress, interval_s=interval_s
+        )
+        rows = store.tick_count(settings.db_path)
+        if not keep:
+            delete_topic(settings)
+    finally:
+        if started_broker:
+            broker.stop_broker(settings)
+    report = SoakReport(
+        n=n,
+        batch_size=settings.batch_size,
+        produce_s=produce_s,
+        consume_s=consume_s,
+        rows=rows,
+        exit_code=code,
+        peak_rss_bytes=peak,
+        samples=samples,
+    )
+    if not keep:
+        for suffix in ("", ".wal"):
+            Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m marketstream.soak",
+        description="Produce N ticks, consume them with `marketstream consume` in a child "
+        "process, and report the consumer's memory (RSS) along the way.",
+    )
+    parser.add_argument("--n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
+    parser.add_argument("--batch-size", type=int, help="records per poll/transaction")
+    parser.add_argument("--keep", action="store_true", help="keep the topic and DuckDB file")
+    parser.add_argument("--json", type=Path, help="also write the report (all samples) here")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(batch_size=args.batch_size)
+        report = run_soak(settings, args.n, keep=args.keep, progress=not args.quiet)
+    except (SoakError, *expected_errors()) as exc:
+        print(f"soak: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("soak: interrupted", file=sys.stderr)
+        return 130
+    print(report.describe())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(report.to_json())
+    return 0 if report.rows == args.n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

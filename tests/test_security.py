@@ -1,0 +1,262 @@
+"""Connecting to a secured cluster: SASL/SSL settings reach every Kafka client the kit
+creates (producer, consumer, admin, the broker probe), and the password never shows
+up in a repr, a log record, the JSON log or the CLI's output.
+
+No broker is needed: the kafka-python classes are replaced by recorders, and their
+keyword arguments are checked against kafka-python's own list of known options,
+so a misspelt option would fail here and not on a customer's cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from marketstream import broker, cli, consume, produce
+from marketstream.logs import read_log
+from marketstream.settings import Settings
+
+PASSWORD = "pa55-Wörd_7f3c9e1d-never-print-me"
+SECURITY = {
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "sasl_plain_username": "marketstream-svc",
+    "sasl_plain_password": PASSWORD,
+    "ssl_cafile": "/etc/ssl/certs/cluster-ca.pem",
+}
+ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka-1.example.internal:9094,kafka-2.example.internal:9094",
+    "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "marketstream-svc",
+    "KAFKA_SASL_PASSWORD": PASSWORD,
+    "KAFKA_SSL_CAFILE": "/etc/ssl/certs/cluster-ca.pem",
+}
+
+
+@pytest.fixture
+def secured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """Settings for a SASL_SSL cluster, read from the environment like a user's would be."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MARKET_DB_PATH", str(tmp_path / "market.duckdb"))
+    monkeypatch.setenv("MARKET_LOG_PATH", str(tmp_path / "pipeline.log"))
+    monkeypatch.setenv("MARKET_CSV_PATH", str(tmp_path / "missing.csv"))
+    return Settings.from_env()
+
+
+class Recorder:
+    """Stands in for a kafka-python class: records the keyword arguments it was built with."""
+
+    calls: list[dict[str, object]]
+
+    def __init__(self, **config: object):
+        type(self).calls.append(config)
+
+    # the few methods the kit calls on the objects it builds
+    def subscribe(self, topics: list[str]) -> None:
+        self.topics = topics
+
+    def list_topics(self) -> list[str]:
+        return []
+
+    def create_topics(self, topics: list[object]) -> None:
+        self.created = topics
+
+    def describe_cluster(self) -> dict[str, object]:
+        return {"brokers": [{"node_id": 1}]}
+
+    def close(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def recorder() -> type[Recorder]:
+    return type("Recorded", (Recorder,), {"calls": []})
+
+
+def assert_secured(config: dict[str, object], known: dict[str, object]) -> None:
+    """The security options are there, with their values, and every option is one the
+    real kafka-python class knows."""
+    for key, value in SECURITY.items():
+        assert config[key] == value, key
+    assert config["bootstrap_servers"] == [
+        "kafka-1.example.internal:9094",
+        "kafka-2.example.internal:9094",
+    ]
+    unknown = set(config) - set(known)
+    assert not unknown, f"options kafka-python does not know: {unknown}"
+
+
+# --------------------------------------------------------------------------- pass-through
+
+
+def test_settings_from_env_carry_sasl_and_ssl(secured: Settings) -> None:
+    assert_secured(secured.kafka_client_config(), SECURITY | {"bootstrap_servers": None})
+
+
+def test_plaintext_default_adds_no_security_options() -> None:
+    config = Settings().kafka_client_config()
+    assert config["security_protocol"] == "PLAINTEXT"
+    assert not {"sasl_mechanism", "sasl_plain_username", "sasl_plain_password"} & set(config)
+
+
+def test_producer_gets_security_and_delivery_settings(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = recorder()
+    monkeypatch.setattr(produce, "KafkaProducer", fake)
+    produce.make_producer(secured)
+    [config] = fake.calls
+    assert_secured(config, KafkaProducer.DEFAULT_CONFIG)
+    # the delivery guarantee's producer half: every replica acknowledges, no duplicates
+    # from retries (idempotence), and retries are kafka-python's default (unbounded
+    # within delivery_timeout_ms)
+    assert config["acks"] == "all"
+    assert config["enable_idempotence"] is True
+    assert "retries" not in config or config["retries"] > 0
+    assert KafkaProducer.DEFAULT_CONFIG["retries"] > 0
+
+
+def test_consumer_gets_security_and_manual_commits(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = recorder()
+    monkeypatch.setattr(consume, "KafkaConsumer", fake)
+    consume.make_consumer(secured)
+    [config] = fake.calls
+    assert_secured(config, KafkaConsumer.DEFAULT_CONFIG)
+    # the consumer half: offsets are committed by the kit after DuckDB commits, never
+    # automatically, and a poll returns at most one batch (bounded memory)
+    assert config["enable_auto_commit"] is False
+    assert config["max_poll_records"] == secured.batch_size
+    assert config["group_id"] == secured.consumer_group
+
+
+@pytest.mark.parametrize("action", [produce.ensure_topic, produce.delete_topic])
+def test_admin_clients_get_security(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch, action
+) -> None:
+    fake = recorder()
+    monkeypatch.setattr(produce, "KafkaAdminClient", fake)
+    action(secured)
+    [config] = fake.calls
+    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
+
+
+def test_broker_probe_with_settings_gets_security(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``marketstream broker status`` and start-up checks probe with the settings' security."""
+    import kafka
+
+    fake = recorder()
+    monkeypatch.setattr(kafka, "KafkaAdminClient", fake)
+    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: True)
+    status = broker.broker_status(secured, run_dir=Path("/nonexistent/run"))
+    assert status.reachable
+    [config] = fake.calls
+    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
+
+
+def test_api_health_probe_uses_the_security_settings(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kafka
+
+    from marketstream_api.app import create_app
+
+    fake = recorder()
+    monkeypatch.setattr(kafka, "KafkaAdminClient", fake)
+    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: True)
+    client = create_app(secured).test_client()
+    body = client.get("/health").get_json()
+    assert body["broker"]["reachable"] is True
+    [config] = fake.calls
+    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_password_is_not_in_repr_or_str(secured: Settings) -> None:
+    assert secured.sasl_password == PASSWORD
+    assert PASSWORD not in repr(secured)
+    assert PASSWORD not in str(secured)
+    assert "marketstream-svc" in repr(secured)  # the user name is not a secret
+
+
+def test_password_is_not_in_the_json_log(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer run logs start, settings-derived fields and end; never the password."""
+
+    class Empty(Recorder):
+        calls: ClassVar[list[dict[str, object]]] = []
+
+        def poll(self, **kwargs: object) -> dict:
+            return {}
+
+        def assignment(self) -> set:
+            return set()
+
+    monkeypatch.setattr(consume, "KafkaConsumer", Empty)
+    run = consume.consume(secured, idle_timeout_s=0, progress=False)
+    assert run.messages_processed == 0
+    assert Empty.calls[0]["sasl_plain_password"] == PASSWORD  # it did reach the client
+    text = secured.log_path.read_text(encoding="utf-8")
+    events = [e["event"] for e in read_log(secured.log_path)]
+    assert events == ["consume_start", "consume_end"]
+    assert PASSWORD not in text
+
+
+def test_password_is_not_in_cli_output(
+    secured: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: False)
+    for argv in (["broker", "status"], ["produce", "-q"]):
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert "no Kafka broker answers at kafka-1.example.internal:9094" in out
+    assert "no CSV at" in err
+    assert PASSWORD not in out + err
+
+
+def test_connection_errors_do_not_echo_the_password(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-line errors for an unreachable cluster name the servers, not the secret."""
+    from kafka.errors import KafkaTimeoutError
+
+    def unreachable(**config: object) -> None:
+        raise KafkaTimeoutError("bootstrap timed out")
+
+    monkeypatch.setattr(produce, "KafkaProducer", unreachable)
+    monkeypatch.setattr(produce, "KafkaAdminClient", unreachable)
+    monkeypatch.setattr(consume, "KafkaConsumer", unreachable)
+    for call in (produce.make_producer, produce.ensure_topic, consume.make_consumer):
+        with pytest.raises((produce.ProduceError, consume.ConsumeError)) as caught:
+            call(secured)
+        assert "kafka-1.example.internal:9094" in str(caught.value)
+        assert PASSWORD not in str(caught.value)
+
+
+def test_password_is_not_logged_even_at_debug(
+    secured: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every logger at DEBUG (a user chasing a connection problem), creating the
+    kit's real admin client against an unreachable cluster logs no password."""
+    unreachable = secured.with_(bootstrap_servers="127.0.0.1:1")
+    monkeypatch.setattr(
+        produce, "KafkaAdminClient", functools.partial(KafkaAdminClient, bootstrap_timeout_ms=300)
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(produce.ProduceError):
+        produce.ensure_topic(unreachable)
+    assert caplog.records, "DEBUG logging was not captured"
+    leaked = [r.name for r in caplog.records if PASSWORD in r.getMessage()]
+    assert not leaked, f"password logged by {leaked}"
