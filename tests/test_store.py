@@ -138,3 +138,37 @@ def test_reader_waits_for_a_writer_in_another_process(db):
     finally:
         release.set()
         proc.join(30)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "limit", "since_index"),
+    [
+        ((), 20, None),  # dense: the window holds every second asked for
+        ((), 500, None),  # fewer seconds stored than asked
+        ((5, 17, 100), 30, None),  # gaps inside the window: older seconds must fill it
+        ((5, 17, 100), 30, 60),  # ... but never from before `since`
+        ((3,), 1, 10),
+    ],
+)
+def test_live_wide_window_matches_grouping_the_whole_table(tmp_path, gaps, limit, since_index):
+    """The fast path (read the last `limit` seconds first) returns exactly what grouping
+    every tick would: the newest `limit` seconds that have ticks, after `since`."""
+    from datetime import timedelta
+
+    ticks = generate_ticks(SYMBOLS, 120)
+    shifted = []
+    for t in ticks:  # push later ticks further out: each gap is a 40 s hole in the data
+        i = int((t.timestamp - ticks[0].timestamp).total_seconds())
+        extra = sum(40 for g in gaps if i >= g)
+        shifted.append(type(t)(t.timestamp + timedelta(seconds=extra), t.symbol, t.price, t.volume))
+    path = tmp_path / "w.duckdb"
+    with TickWriter(path) as writer:
+        writer.write_batch(batch_for(shifted).ticks)
+    since = None
+    if since_index is not None:
+        since = sorted({t.timestamp for t in shifted})[since_index].replace(tzinfo=None)
+    with store.read_connection(path) as con:
+        whole = store.pivot_wide(con.execute(store._LIVE_SQL, [since, None, limit]).df())
+    got = store.live_wide(path, limit=limit, since=since)
+    assert len(got) == min(limit, len(whole)) and len(got) > 0
+    assert got.equals(whole)

@@ -28,6 +28,7 @@ from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.ticks import SYMBOL_RE, TickError, parse_timestamp
 
+from .cache import ReadCache
 from .openapi import (
     CANDLES_LIMIT,
     INTERVAL_DEFAULT,
@@ -78,9 +79,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
+def json_bytes(payload: Any) -> bytes:
     """Serialise with orjson (much faster than Flask's json for thousands of rows)."""
-    body = orjson.dumps(payload, default=_json_default, option=_JSON_OPTIONS)
+    return orjson.dumps(payload, default=_json_default, option=_JSON_OPTIONS)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """``payload`` as a JSON response (bytes already serialised are sent as they are)."""
+    body = payload if isinstance(payload, bytes) else json_bytes(payload)
     return Response(body, status=status, mimetype="application/json")
 
 
@@ -285,27 +291,38 @@ def _store_health(settings: Settings) -> dict[str, Any]:
     return state
 
 
-def _metrics(settings: Settings) -> list[dict[str, Any]]:
-    frame = store.market_metrics(settings.db_path)
-    columns = ["symbol", "tickcount", "avgprice", "maxprice", "minprice", "totalvolume"]
-    frame = frame[[*columns, "last_tick"]].rename(columns={"last_tick": "time"})
-    return frame_records(frame, {"tickcount", "totalvolume"})
+def _metrics(settings: Settings, cache: ReadCache) -> bytes:
+    def compute() -> bytes:
+        frame = store.market_metrics(settings.db_path)
+        columns = ["symbol", "tickcount", "avgprice", "maxprice", "minprice", "totalvolume"]
+        frame = frame[[*columns, "last_tick"]].rename(columns={"last_tick": "time"})
+        return json_bytes(frame_records(frame, {"tickcount", "totalvolume"}))
+
+    return cache.get(("metrics",), compute)
 
 
-def _live(settings: Settings) -> list[dict[str, Any]]:
+def _live(settings: Settings, cache: ReadCache) -> bytes:
     limit = int_param("limit", LIVE_LIMIT)
     since = since_param("since")
-    frame = store.live_wide(settings.db_path, limit=limit, since=since)
-    # Symbols are upper-case, so only the volume columns end in lower-case "volume".
-    return frame_records(frame, lambda name: name.endswith("volume"))
+
+    def compute() -> bytes:
+        frame = store.live_wide(settings.db_path, limit=limit, since=since)
+        # Symbols are upper-case, so only the volume columns end in lower-case "volume".
+        return json_bytes(frame_records(frame, lambda name: name.endswith("volume")))
+
+    return cache.get(("live", limit, since), compute)
 
 
-def _candles(settings: Settings) -> list[dict[str, Any]]:
+def _candles(settings: Settings, cache: ReadCache) -> bytes:
     symbol = symbol_param("symbol")
     interval_s = interval_param("interval")
     limit = int_param("limit", CANDLES_LIMIT)
-    frame = store.candles(settings.db_path, symbol, interval_s, limit)
-    return frame_records(frame, {"volume", "ticks"})
+
+    def compute() -> bytes:
+        frame = store.candles(settings.db_path, symbol, interval_s, limit)
+        return json_bytes(frame_records(frame, {"volume", "ticks"}))
+
+    return cache.get(("candles", symbol, interval_s, limit), compute)
 
 
 def _runs(settings: Settings) -> dict[str, Any]:
@@ -319,7 +336,7 @@ def _runs(settings: Settings) -> dict[str, Any]:
     return {"health": health, "runs": runs}
 
 
-def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe) -> None:
+def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe, cache: ReadCache) -> None:
     spec_version = __version__
 
     @app.get("/")
@@ -337,15 +354,15 @@ def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe) -> None
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return json_response(_metrics(settings))
+        return json_response(_metrics(settings, cache))
 
     @app.get("/live")
     def live() -> Response:
-        return json_response(_live(settings))
+        return json_response(_live(settings, cache))
 
     @app.get("/candles")
     def candles() -> Response:
-        return json_response(_candles(settings))
+        return json_response(_candles(settings, cache))
 
     @app.get("/runs")
     def runs() -> Response:
@@ -412,7 +429,9 @@ def create_app(
     check = broker_check or _settings_broker_check(settings)
     probe = BrokerProbe(settings.bootstrap_servers, check)
     app.extensions["marketstream_broker_probe"] = probe
-    _register_routes(app, settings, probe)
+    cache = ReadCache(settings.db_path, min_age_s=settings.api_cache_s)
+    app.extensions["marketstream_read_cache"] = cache
+    _register_routes(app, settings, probe, cache)
     _register_errors(app, settings)
 
     @app.after_request

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from typing import IO
 import psutil
 
 from marketstream.logs import get_logger
-from marketstream.settings import PROJECT_ROOT, Settings
+from marketstream.settings import PROJECT_ROOT, Settings, settings_env
 
 #: The Voila page served by live mode.
 LIVE_NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_live.ipynb"
@@ -54,49 +53,6 @@ STATUS_EVERY_S = 10.0
 #: Voila shuts a page's kernel down once it has been idle and disconnected this long.
 VOILA_CULL_IDLE_S = 120
 VOILA_CULL_INTERVAL_S = 30
-
-#: Settings field -> environment variable, the inverse of ``Settings.from_env``.
-ENV_NAMES: dict[str, str] = {
-    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
-    "topic": "KAFKA_TOPIC",
-    "partitions": "KAFKA_PARTITIONS",
-    "consumer_group": "KAFKA_CONSUMER_GROUP",
-    "db_path": "MARKET_DB_PATH",
-    "csv_path": "MARKET_CSV_PATH",
-    "log_path": "MARKET_LOG_PATH",
-    "output_dir": "MARKET_OUTPUT_DIR",
-    "kafka_home": "MARKETSTREAM_KAFKA_HOME",
-    "kafka_version": "MARKETSTREAM_KAFKA_VERSION",
-    "symbols": "MARKET_SYMBOLS",
-    "ticks_per_symbol": "MARKET_TICKS_PER_SYMBOL",
-    "seed": "MARKET_SEED",
-    "batch_size": "MARKET_BATCH_SIZE",
-    "idle_timeout_s": "MARKET_IDLE_TIMEOUT_S",
-    "live_rate": "MARKET_LIVE_RATE",
-    "api_host": "MARKET_API_HOST",
-    "api_port": "MARKET_API_PORT",
-    "voila_port": "MARKET_VOILA_PORT",
-    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-    "sasl_username": "KAFKA_SASL_USERNAME",
-    "sasl_password": "KAFKA_SASL_PASSWORD",
-    "ssl_cafile": "KAFKA_SSL_CAFILE",
-}
-
-
-def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment in which ``Settings.from_env()`` rebuilds ``settings``.
-
-    Subprocesses (the API, Voila and its kernels) read settings from the
-    environment, so this is how they get the very same configuration,
-    overrides from CLI options included.
-    """
-    env = dict(os.environ if base is None else base)
-    for name, var in ENV_NAMES.items():
-        value = getattr(settings, name)
-        env[var] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return env
-
 
 # --------------------------------------------------------------------------- producer
 

@@ -71,6 +71,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     voila_port: int = 8866
+    api_cache_s: float = 0.25
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -105,6 +106,7 @@ class Settings:
             "api_host": _env("MARKET_API_HOST", base.api_host),
             "api_port": _env_int("MARKET_API_PORT", base.api_port),
             "voila_port": _env_int("MARKET_VOILA_PORT", base.voila_port),
+            "api_cache_s": _env_float("MARKET_API_CACHE_S", base.api_cache_s),
             "security_protocol": _env("KAFKA_SECURITY_PROTOCOL", base.security_protocol),
             "sasl_mechanism": _env("KAFKA_SASL_MECHANISM", base.sasl_mechanism),
             "sasl_username": _env("KAFKA_SASL_USERNAME", base.sasl_username),
@@ -144,6 +146,8 @@ class Settings:
             raise SettingsError("MARKET_LIVE_RATE must be positive (ticks/s per symbol)")
         if not self.symbols:
             raise SettingsError("at least one symbol is needed")
+        if not 0 <= self.api_cache_s <= 60:
+            raise SettingsError("MARKET_API_CACHE_S must be from 0 to 60 (seconds)")
         return self
 
     def kafka_client_config(self) -> dict[str, object]:
@@ -178,3 +182,47 @@ class Settings:
             raise SettingsError(
                 f"KAFKA_BOOTSTRAP_SERVERS={self.bootstrap_servers!r}: expected host:port"
             ) from None
+
+
+#: Settings field -> environment variable, the inverse of ``Settings.from_env``.
+ENV_NAMES: dict[str, str] = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "topic": "KAFKA_TOPIC",
+    "partitions": "KAFKA_PARTITIONS",
+    "consumer_group": "KAFKA_CONSUMER_GROUP",
+    "db_path": "MARKET_DB_PATH",
+    "csv_path": "MARKET_CSV_PATH",
+    "log_path": "MARKET_LOG_PATH",
+    "output_dir": "MARKET_OUTPUT_DIR",
+    "kafka_home": "MARKETSTREAM_KAFKA_HOME",
+    "kafka_version": "MARKETSTREAM_KAFKA_VERSION",
+    "symbols": "MARKET_SYMBOLS",
+    "ticks_per_symbol": "MARKET_TICKS_PER_SYMBOL",
+    "seed": "MARKET_SEED",
+    "batch_size": "MARKET_BATCH_SIZE",
+    "idle_timeout_s": "MARKET_IDLE_TIMEOUT_S",
+    "live_rate": "MARKET_LIVE_RATE",
+    "api_host": "MARKET_API_HOST",
+    "api_port": "MARKET_API_PORT",
+    "voila_port": "MARKET_VOILA_PORT",
+    "api_cache_s": "MARKET_API_CACHE_S",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which ``Settings.from_env()`` rebuilds ``settings``.
+
+    Subprocesses (the API, Voila and its kernels) read settings from the
+    environment, so this is how they get the very same configuration,
+    overrides from CLI options included.
+    """
+    env = dict(os.environ if base is None else base)
+    for name, var in ENV_NAMES.items():
+        value = getattr(settings, name)
+        env[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return env
