@@ -39,7 +39,18 @@ Record = namedtuple("Record", "topic partition offset key value")
 
 
 @pytest.mark.integration
-def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path):
+@pytest.mark.parametrize("generator", ["wrk", "python"])
+def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path, monkeypatch, generator):
+    """Both API load generators: wrk when installed (.ci/run installs it), else Python's."""
+    import marketstream.bench as bench
+
+    real_which = bench.shutil.which
+    if generator == "wrk" and real_which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    if generator == "python":
+        monkeypatch.setattr(
+            bench.shutil, "which", lambda name, *a, **k: None if name == "wrk" else real_which(name)
+        )
     output = tmp_path / "bench" / "latest.json"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -50,6 +61,8 @@ def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path):
         value = result[key]
         assert isinstance(value, int | float) and value > 0, (key, value)
     assert result["n_ticks"] == 5_000
+    assert result["api_load_generator"] == generator
+    assert result["api_errors"] == 0
     assert result["consume_vs_ceiling"] > 0 and result["speedup_vs_baseline"] > 0
     assert result["phases"]["freshness"]["never_seen"] == 0
     assert set(result["targets"]) == {
