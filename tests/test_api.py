@@ -1,5 +1,5 @@
 """The Flask API against a real DuckDB file: shapes Grafana relies on, errors as JSON,
-the OpenAPI document, and one run under waitress over real HTTP."""
+the OpenAPI document, and one run under the real server (granian) over real HTTP."""
 
 from __future__ import annotations
 
@@ -376,7 +376,7 @@ def test_index_lists_endpoints(client):
     assert {"/metrics", "/live", "/candles", "/runs", "/health", "/openapi.json"} <= set(paths)
 
 
-# --------------------------------------------------------------------------- waitress
+# --------------------------------------------------------------------------- real server
 
 
 def _start_server(db: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
@@ -408,7 +408,7 @@ def _fetch(url: str) -> tuple[int, object]:
         return exc.code, orjson.loads(exc.read())
 
 
-def test_waitress_serves_metrics_while_a_live_writer_writes(tmp_path):
+def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
     """Real HTTP, and the reader/writer dance: the test process writes micro-batches
     (opening the file per batch, as live mode does) while requests keep coming."""
     path = make_db(tmp_path / "live.duckdb", generate_ticks(SYMBOLS, 10))

@@ -456,7 +456,7 @@ def client_thread(
 
 @pytest.mark.integration
 def test_api_under_load_while_the_live_consumer_writes(fresh):
-    """3000 requests over ~20 s from 6 threads at the real API (waitress, own process)
+    """3000 requests over ~20 s from 6 threads at the real API (granian, own process)
     while live mode writes: every response is a 200. Figures are printed, not asserted."""
     settings = fresh.with_(api_port=free_port())
     with live_cli(settings, "--no-voila") as live:

@@ -148,6 +148,8 @@ def test_reader_waits_for_a_writer_in_another_process(db):
         ((5, 17, 100), 30, None),  # gaps inside the window: older seconds must fill it
         ((5, 17, 100), 30, 60),  # ... but never from before `since`
         ((3,), 1, 10),
+        ((110,), 30, None),  # a stream started after a long pause: one step down
+        (tuple(range(5, 115, 5)), 100, None),  # many gaps: the steps run out, group all
     ],
 )
 def test_live_wide_window_matches_grouping_the_whole_table(tmp_path, gaps, limit, since_index):

@@ -19,7 +19,7 @@ Why it is built this way:
 - **Live figures in live mode.** Freshness is event time -> visible to a
   read-only DuckDB reader, with the real live consumer (``consume(live=True)``)
   and the real paced producer (``live.produce_live``) at a fixed rate. API
-  latency is measured on the real server (waitress) with 100 concurrent
+  latency is measured on the real server (granian) with 100 concurrent
   keep-alive connections while that live ingest runs.
 
 The results go to ``bench/latest.json`` (keys documented in bench/README.md)

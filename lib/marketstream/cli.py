@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from marketstream.bench import run_bench
 
     settings = _settings(args)
-    return run_bench(settings, n_ticks=args.n, output=args.output)
+    return run_bench(settings, n_ticks=args.n, output=args.output, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:

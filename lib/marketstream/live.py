@@ -265,7 +265,7 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 def api_command() -> list[str]:
-    """The API under waitress, in this interpreter (so the same installed packages)."""
+    """The API under granian, in this interpreter (so the same installed packages)."""
     return [sys.executable, "-m", "marketstream_api.serve"]
 
 
