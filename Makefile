@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 N      ?= 1000000
 
-.PHONY: help setup demo test lint format live bench lab broker-up broker-down broker-status clean
+.PHONY: help setup demo test lint format live bench soak lab broker-up broker-down broker-status clean
 
 help:
 	@echo "make demo     run the papermill pipeline (notebooks 01-04) on a local Kafka"
 	@echo "make test     lint + all tests (unit, integration on a real broker, nbval, browser)"
 	@echo "make live     stream continuously; API on :8080, Voila on :8866 (Ctrl-C stops all)"
 	@echo "make bench    benchmark the whole path (N=$(N) ticks)"
+	@echo "make soak     N ticks through the real consumer process, its memory reported"
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make broker-up|broker-down|broker-status   the local Kafka broker"
 
@@ -43,6 +44,9 @@ live: setup
 
 bench: setup
 	$(BIN)/marketstream bench -n $(N)
+
+soak: setup
+	$(BIN)/python -m marketstream.soak --n $(N)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
