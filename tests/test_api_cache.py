@@ -131,7 +131,9 @@ def test_entries_are_bounded(tmp_path):
 def test_api_answers_follow_the_store_through_the_cache(tmp_path):
     db = tmp_path / "api.duckdb"
     write_ticks(db, ("SP500",), 10, seed=1)
-    settings = Settings().with_(db_path=db, log_path=tmp_path / "api.log", api_cache_s=0.0)
+    settings = Settings().with_(
+        db_path=db, log_path=tmp_path / "api.log", api_cache_s=0.0, api_stale_s=0.0
+    )
     client = create_app(settings, broker_check=lambda servers, timeout: False).test_client()
     metrics = orjson.loads(client.get("/metrics").get_data())
     assert [(m["symbol"], m["tickcount"]) for m in metrics] == [("SP500", 10)]
@@ -148,3 +150,107 @@ def test_api_answers_follow_the_store_through_the_cache(tmp_path):
     response = client.get("/metrics")
     assert response.status_code == 503
     assert "no database" in orjson.loads(response.get_data())["error"]
+
+
+def test_a_young_stale_answer_is_served_while_it_is_refreshed_in_the_background(tmp_path):
+    db = tmp_path / "r.duckdb"
+    write_ticks(db, ("A",), 5, seed=1)
+    cache = ReadCache(db, min_age_s=0, max_stale_s=30)
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def compute() -> bytes:
+        calls.append(1)
+        if len(calls) > 1:
+            gate.wait(5)  # the refresh is slow: nobody may wait for it
+        return str(len(calls)).encode()
+
+    assert cache.get("k", compute) == b"1"
+    write_ticks(db, ("B",), 5, seed=2)
+    started = time.monotonic()
+    assert cache.get("k", compute) == b"1"  # at once, the previous answer
+    assert cache.get("k", compute) == b"1"  # the refresh is still running: no second one
+    assert time.monotonic() - started < 1
+    gate.set()
+    deadline = time.monotonic() + 5
+    while cache.get("k", compute) != b"2" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.get("k", compute) == b"2"
+    assert len(calls) == 2
+
+
+def test_an_old_stale_answer_is_recomputed_before_answering(tmp_path):
+    db = tmp_path / "o.duckdb"
+    write_ticks(db, ("A",), 5, seed=1)
+    cache = ReadCache(db, min_age_s=0, max_stale_s=0.2)
+    calls: list[int] = []
+
+    def compute() -> bytes:
+        calls.append(1)
+        return str(len(calls)).encode()
+
+    assert cache.get("k", compute) == b"1"
+    time.sleep(0.3)  # a slow poller: older than max_stale_s
+    write_ticks(db, ("B",), 5, seed=2)
+    assert cache.get("k", compute) == b"2"
+
+
+def test_a_failed_background_refresh_lets_the_next_request_see_the_error(tmp_path):
+    db = tmp_path / "f.duckdb"
+    write_ticks(db, ("A",), 5, seed=1)
+    cache = ReadCache(db, min_age_s=0, max_stale_s=0.3)
+    assert cache.get("k", lambda: b"ok") == b"ok"
+    write_ticks(db, ("B",), 5, seed=2)
+
+    def fail() -> bytes:
+        raise RuntimeError("store gone")
+
+    assert cache.get("k", fail) == b"ok"  # served; the refresh fails in the background
+    deadline = time.monotonic() + 5
+    while cache.refresh_errors == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.refresh_errors == 1
+    time.sleep(0.35)
+    with pytest.raises(RuntimeError, match="store gone"):
+        cache.get("k", fail)
+
+
+def test_a_removed_store_is_never_answered_from_the_cache(tmp_path):
+    db = tmp_path / "gone.duckdb"
+    write_ticks(db, ("A",), 5, seed=1)
+    cache = ReadCache(db, min_age_s=0, max_stale_s=30)
+    assert cache.get("k", lambda: b"ok") == b"ok"
+    db.unlink()
+
+    def fail() -> bytes:
+        raise FileNotFoundError("no database")
+
+    with pytest.raises(FileNotFoundError):
+        cache.get("k", fail)
+
+
+def test_replayed_responses_equal_flasks_and_errors_are_never_replayed(tmp_path):
+    db = tmp_path / "replay.duckdb"
+    write_ticks(db, ("SP500", "NIKKEI225"), 20, seed=3)
+    settings = Settings().with_(db_path=db, log_path=tmp_path / "api.log", api_cache_s=60.0)
+    app = create_app(settings, broker_check=lambda servers, timeout: False)
+    cache = app.extensions["marketstream_read_cache"]
+    client = app.test_client()
+    for path in ("/metrics", "/live?limit=5", "/candles?symbol=SP500&interval=5s"):
+        first = client.get(path)
+        misses = cache.misses
+        again = client.get(path)
+        assert cache.misses == misses  # the second came from the cache, not from Flask
+        assert first.status_code == again.status_code == 200
+        assert first.get_data() == again.get_data()
+        assert list(first.headers.items()) == list(again.headers.items())
+        assert again.headers["Access-Control-Allow-Origin"] == "*"
+    for _ in range(3):  # a bad parameter: Flask's JSON 400 every time, nothing kept
+        bad = client.get("/live?limit=x")
+        assert bad.status_code == 400
+        assert orjson.loads(bad.get_data())["parameter"] == "limit"
+    assert ("replay", "/live", "limit=x") not in cache._slots or (
+        cache._slots[("replay", "/live", "limit=x")].entry is None
+    )
+    assert client.head("/metrics").status_code == 200  # not a GET: straight to Flask
+    assert client.get("/health").status_code in (200, 503)  # not cached: always asked

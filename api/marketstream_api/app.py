@@ -28,7 +28,7 @@ from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.ticks import SYMBOL_RE, TickError, parse_timestamp
 
-from .cache import ReadCache
+from .cache import ReadCache, ReplayCache
 from .openapi import (
     CANDLES_LIMIT,
     INTERVAL_DEFAULT,
@@ -42,6 +42,9 @@ from .openapi import (
 
 #: ``(bootstrap_servers, timeout_s) -> reachable``; the default is marketstream.broker's.
 BrokerCheck = Callable[[str, float], bool]
+
+#: The paths whose 200 answers the read cache keeps and replays (they only read the store).
+CACHED_PATHS = frozenset({"/metrics", "/live", "/candles"})
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME
 _INTERVAL_RE = re.compile(r"^(\d{1,6})([smh])$")
@@ -291,38 +294,27 @@ def _store_health(settings: Settings) -> dict[str, Any]:
     return state
 
 
-def _metrics(settings: Settings, cache: ReadCache) -> bytes:
-    def compute() -> bytes:
-        frame = store.market_metrics(settings.db_path)
-        columns = ["symbol", "tickcount", "avgprice", "maxprice", "minprice", "totalvolume"]
-        frame = frame[[*columns, "last_tick"]].rename(columns={"last_tick": "time"})
-        return json_bytes(frame_records(frame, {"tickcount", "totalvolume"}))
-
-    return cache.get(("metrics",), compute)
+def _metrics(settings: Settings) -> bytes:
+    frame = store.market_metrics(settings.db_path)
+    columns = ["symbol", "tickcount", "avgprice", "maxprice", "minprice", "totalvolume"]
+    frame = frame[[*columns, "last_tick"]].rename(columns={"last_tick": "time"})
+    return json_bytes(frame_records(frame, {"tickcount", "totalvolume"}))
 
 
-def _live(settings: Settings, cache: ReadCache) -> bytes:
+def _live(settings: Settings) -> bytes:
     limit = int_param("limit", LIVE_LIMIT)
     since = since_param("since")
-
-    def compute() -> bytes:
-        frame = store.live_wide(settings.db_path, limit=limit, since=since)
-        # Symbols are upper-case, so only the volume columns end in lower-case "volume".
-        return json_bytes(frame_records(frame, lambda name: name.endswith("volume")))
-
-    return cache.get(("live", limit, since), compute)
+    frame = store.live_wide(settings.db_path, limit=limit, since=since)
+    # Symbols are upper-case, so only the volume columns end in lower-case "volume".
+    return json_bytes(frame_records(frame, lambda name: name.endswith("volume")))
 
 
-def _candles(settings: Settings, cache: ReadCache) -> bytes:
+def _candles(settings: Settings) -> bytes:
     symbol = symbol_param("symbol")
     interval_s = interval_param("interval")
     limit = int_param("limit", CANDLES_LIMIT)
-
-    def compute() -> bytes:
-        frame = store.candles(settings.db_path, symbol, interval_s, limit)
-        return json_bytes(frame_records(frame, {"volume", "ticks"}))
-
-    return cache.get(("candles", symbol, interval_s, limit), compute)
+    frame = store.candles(settings.db_path, symbol, interval_s, limit)
+    return json_bytes(frame_records(frame, {"volume", "ticks"}))
 
 
 def _runs(settings: Settings) -> dict[str, Any]:
@@ -336,7 +328,7 @@ def _runs(settings: Settings) -> dict[str, Any]:
     return {"health": health, "runs": runs}
 
 
-def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe, cache: ReadCache) -> None:
+def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe) -> None:
     spec_version = __version__
 
     @app.get("/")
@@ -354,15 +346,15 @@ def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe, cache: 
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return json_response(_metrics(settings, cache))
+        return json_response(_metrics(settings))
 
     @app.get("/live")
     def live() -> Response:
-        return json_response(_live(settings, cache))
+        return json_response(_live(settings))
 
     @app.get("/candles")
     def candles() -> Response:
-        return json_response(_candles(settings, cache))
+        return json_response(_candles(settings))
 
     @app.get("/runs")
     def runs() -> Response:
@@ -429,9 +421,7 @@ def create_app(
     check = broker_check or _settings_broker_check(settings)
     probe = BrokerProbe(settings.bootstrap_servers, check)
     app.extensions["marketstream_broker_probe"] = probe
-    cache = ReadCache(settings.db_path, min_age_s=settings.api_cache_s)
-    app.extensions["marketstream_read_cache"] = cache
-    _register_routes(app, settings, probe, cache)
+    _register_routes(app, settings, probe)
     _register_errors(app, settings)
 
     @app.after_request
@@ -441,4 +431,10 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    # The cache sits in front of Flask (see ReplayCache): a kept answer costs no Flask work.
+    cache = ReadCache(
+        settings.db_path, min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
+    )
+    app.extensions["marketstream_read_cache"] = cache
+    app.wsgi_app = ReplayCache(app.wsgi_app, cache, CACHED_PATHS)  # type: ignore[method-assign]
     return app

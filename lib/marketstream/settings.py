@@ -72,6 +72,7 @@ class Settings:
     api_port: int = 8080
     voila_port: int = 8866
     api_cache_s: float = 0.25
+    api_stale_s: float = 0.5
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -107,6 +108,7 @@ class Settings:
             "api_port": _env_int("MARKET_API_PORT", base.api_port),
             "voila_port": _env_int("MARKET_VOILA_PORT", base.voila_port),
             "api_cache_s": _env_float("MARKET_API_CACHE_S", base.api_cache_s),
+            "api_stale_s": _env_float("MARKET_API_STALE_S", base.api_stale_s),
             "security_protocol": _env("KAFKA_SECURITY_PROTOCOL", base.security_protocol),
             "sasl_mechanism": _env("KAFKA_SASL_MECHANISM", base.sasl_mechanism),
             "sasl_username": _env("KAFKA_SASL_USERNAME", base.sasl_username),
@@ -148,6 +150,8 @@ class Settings:
             raise SettingsError("at least one symbol is needed")
         if not 0 <= self.api_cache_s <= 60:
             raise SettingsError("MARKET_API_CACHE_S must be from 0 to 60 (seconds)")
+        if not 0 <= self.api_stale_s <= 60:
+            raise SettingsError("MARKET_API_STALE_S must be from 0 to 60 (seconds)")
         return self
 
     def kafka_client_config(self) -> dict[str, object]:
@@ -206,6 +210,7 @@ ENV_NAMES: dict[str, str] = {
     "api_port": "MARKET_API_PORT",
     "voila_port": "MARKET_VOILA_PORT",
     "api_cache_s": "MARKET_API_CACHE_S",
+    "api_stale_s": "MARKET_API_STALE_S",
     "security_protocol": "KAFKA_SECURITY_PROTOCOL",
     "sasl_mechanism": "KAFKA_SASL_MECHANISM",
     "sasl_username": "KAFKA_SASL_USERNAME",
