@@ -254,3 +254,21 @@ def test_replayed_responses_equal_flasks_and_errors_are_never_replayed(tmp_path)
     )
     assert client.head("/metrics").status_code == 200  # not a GET: straight to Flask
     assert client.get("/health").status_code in (200, 503)  # not cached: always asked
+
+
+def test_runs_is_kept_but_its_freshness_is_taken_at_answer_time(tmp_path):
+    db = tmp_path / "runs.duckdb"
+    write_ticks(db, ("SP500",), 10, seed=1)
+    settings = Settings().with_(
+        db_path=db, log_path=tmp_path / "api.log", api_cache_s=60.0, api_stale_s=0.0
+    )
+    app = create_app(settings, broker_check=lambda servers, timeout: False)
+    cache = app.extensions["marketstream_read_cache"]
+    client = app.test_client()
+    first = orjson.loads(client.get("/runs").get_data())["health"]
+    misses = cache.misses
+    time.sleep(0.2)
+    second = orjson.loads(client.get("/runs").get_data())["health"]
+    assert cache.misses == misses  # the store was not read again
+    assert second["ticks"] == first["ticks"] == 10
+    assert second["freshness_s"] >= first["freshness_s"] + 0.2  # but the clock moved on

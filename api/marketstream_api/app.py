@@ -317,18 +317,33 @@ def _candles(settings: Settings) -> bytes:
     return json_bytes(frame_records(frame, {"volume", "ticks"}))
 
 
-def _runs(settings: Settings) -> dict[str, Any]:
+def _runs(settings: Settings, cache: ReadCache) -> dict[str, Any]:
+    """Run metrics and health; kept like the other answers, freshness taken at answer time.
+
+    Kept because Grafana's health panels poll it with the rest of the dashboard
+    and every uncached read competes with the live writer for the file.
+    """
     limit = int_param("limit", RUNS_LIMIT)
-    health = store.health(settings.db_path)
-    health["newest_event_time"] = iso(health["newest_event_time"])
-    runs = frame_records(
-        store.pipeline_runs(settings.db_path, limit),
-        {"messages_processed", "rows_inserted", "duplicates", "errors"},
-    )
+
+    def compute() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        health = store.health(settings.db_path)
+        runs = frame_records(
+            store.pipeline_runs(settings.db_path, limit),
+            {"messages_processed", "rows_inserted", "duplicates", "errors"},
+        )
+        return health, runs
+
+    kept, runs = cache.get(("runs", limit), compute)
+    health = dict(kept)
+    newest = health["newest_event_time"]
+    if newest is not None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        health["freshness_s"] = (now - newest).total_seconds()
+    health["newest_event_time"] = iso(newest)
     return {"health": health, "runs": runs}
 
 
-def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe) -> None:
+def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe, cache: ReadCache) -> None:
     spec_version = __version__
 
     @app.get("/")
@@ -358,7 +373,7 @@ def _register_routes(app: Flask, settings: Settings, probe: BrokerProbe) -> None
 
     @app.get("/runs")
     def runs() -> Response:
-        return json_response(_runs(settings))
+        return json_response(_runs(settings, cache))
 
     @app.get("/health")
     def health() -> Response:
@@ -421,7 +436,12 @@ def create_app(
     check = broker_check or _settings_broker_check(settings)
     probe = BrokerProbe(settings.bootstrap_servers, check)
     app.extensions["marketstream_broker_probe"] = probe
-    _register_routes(app, settings, probe)
+    # The cache sits in front of Flask (see ReplayCache): a kept answer costs no Flask work.
+    cache = ReadCache(
+        settings.db_path, min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
+    )
+    app.extensions["marketstream_read_cache"] = cache
+    _register_routes(app, settings, probe, cache)
     _register_errors(app, settings)
 
     @app.after_request
@@ -431,10 +451,5 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    # The cache sits in front of Flask (see ReplayCache): a kept answer costs no Flask work.
-    cache = ReadCache(
-        settings.db_path, min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
-    )
-    app.extensions["marketstream_read_cache"] = cache
     app.wsgi_app = ReplayCache(app.wsgi_app, cache, CACHED_PATHS)  # type: ignore[method-assign]
     return app

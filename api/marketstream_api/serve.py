@@ -5,10 +5,16 @@ the rest of the kit (``MARKET_API_HOST``, ``MARKET_API_PORT``,
 ``MARKET_DB_PATH``...); flags override them for one run.
 
 Why granian: its HTTP layer is Rust, so a worker spends its Python time on the
-app only, and two worker processes use both cores without sharing a GIL.
-Measured here with wrk, 100 connections on cached answers: waitress (16
-threads) ~2,900 req/s with p99 ~130 ms, granian (2 workers) ~18,000 req/s
-with p99 ~20 ms (bench/README.md). Each worker keeps its own read cache.
+app only. Measured here with wrk, 100 connections on cached answers: waitress
+(16 threads) ~2,900 req/s with p99 ~130 ms, granian ~18,000 req/s with p99
+~20 ms through Flask, ~39,000 req/s with p99 ~5 ms since the cache answers in
+front of Flask (bench/README.md).
+
+Why one worker by default: each worker keeps its own read cache, so each
+re-reads the store after every live write; a second worker doubled those
+DuckDB reads, which compete with the live pipeline for the same two cores and
+for the file, and made the tail worse (p99 during ingest ~120-250 ms with two
+workers, ~15-50 ms with one). ``--workers`` adds more where cores are spare.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from collections.abc import Sequence
 
 from marketstream.settings import Settings, SettingsError, settings_env
 
-#: Worker processes: one per core on the 2-core machines this kit targets.
-DEFAULT_WORKERS = 2
+#: Worker processes: one, see above; one worker serves far more than Grafana asks.
+DEFAULT_WORKERS = 1
 #: Threads per worker running the app; DuckDB releases the GIL while it reads.
 DEFAULT_THREADS = 4
 
