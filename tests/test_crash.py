@@ -42,7 +42,7 @@ from kafka.errors import KafkaError
 from marketstream import broker, store
 from marketstream.produce import ensure_topic, make_producer, produce_ticks
 from marketstream.settings import Settings
-from marketstream.soak import CHECKPOINTS, run_soak
+from marketstream.soak import CHECKPOINTS, _rss, run_soak
 from marketstream.ticks import Tick, generate_ticks
 
 pytestmark = pytest.mark.integration
@@ -583,3 +583,17 @@ def test_soak_harness_small_run_lands_every_tick_with_flat_memory(fresh):
     # what it has written, so its memory at the end is nowhere near 3x that at 10%
     assert report.growth is not None and report.growth < 3
     assert not fresh.db_path.exists()  # the soak cleans up after itself
+
+
+def test_soak_sampler_reads_an_exited_consumer_as_no_sample():
+    """A consumer that exits between the sampler's checks is a zombie whose RSS reads 0;
+    that must not enter the curve as its memory at 100 % (it did, once, in CI)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 10
+    while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.status() == psutil.STATUS_ZOMBIE
+    assert _rss(process) is None
+    proc.wait()
+    assert _rss(psutil.Process()) > 0

@@ -186,8 +186,10 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, int] | None:
 
 
 def _rss(process: psutil.Process) -> int | None:
+    """The process's RSS, or None once it has exited: a process that exits between
+    ``_reap`` and this call is a zombie, whose RSS reads as 0, not as an error."""
     with contextlib.suppress(psutil.Error):
-        return process.memory_info().rss
+        return process.memory_info().rss or None
     return None
 
 
