@@ -44,6 +44,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from tqdm.auto import tqdm
 
+from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.store import DEAD_LETTER_SCHEMA, TICK_BATCH_SCHEMA, RunMetrics, TickWriter
@@ -450,7 +451,14 @@ def consume(
     except KafkaError as exc:
         status = "failed"
         log.error("consume_error", extra={"run_id": run_id, "error": str(exc)})
-        raise ConsumeError(f"consuming {settings.topic} failed: {exc}") from None
+        raise ConsumeError(
+            explain(
+                exc,
+                settings,
+                f"consuming {settings.topic}",
+                "every batch stored so far is committed; a new run resumes after it",
+            )
+        ) from None
     finally:
         for job in in_flight:  # only after an error: these are never committed
             job.future.cancel()

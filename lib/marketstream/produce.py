@@ -29,6 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner import DefaultPartitioner
 from tqdm.auto import tqdm
 
+from marketstream.kafka_errors import explain
 from marketstream.settings import Settings
 from marketstream.ticks import CsvProblem, Tick, format_timestamp, read_csv
 
@@ -219,7 +220,15 @@ def produce_ticks(
             bar.update(attempted % 1000)
             producer.flush()
     except KafkaError as exc:
-        raise ProduceError(f"producing to {settings.topic} failed: {exc}") from None
+        raise ProduceError(
+            explain(
+                exc,
+                settings,
+                f"producing to {settings.topic}",
+                "ticks acknowledged before it are in the topic, and sending the same "
+                "input again does not duplicate them in DuckDB",
+            )
+        ) from None
     finally:
         if own:
             producer.close()
