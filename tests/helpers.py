@@ -22,6 +22,8 @@ def records_for(ticks: list[Tick], topic: str = "t", partitions: int = 1) -> lis
     return out
 
 
-def batch_for(ticks: list[Tick], topic: str = "t") -> DecodedBatch:
-    """A decoded batch, as the consumer would hand it to the store."""
-    return decode_records(records_for(ticks, topic), datetime.now(UTC))
+def batch_for(
+    ticks: list[Tick], topic: str = "t", received_at: datetime | None = None
+) -> DecodedBatch:
+    """A decoded batch, as the consumer would hand it to the store (received now by default)."""
+    return decode_records(records_for(ticks, topic), received_at or datetime.now(UTC))

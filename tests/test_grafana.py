@@ -265,7 +265,7 @@ def test_candles_and_pipeline_health_panels():
         if urlsplit(t["url"]).path == "/runs" and t["root_selector"] == "health"
         for c in t["columns"]
     }
-    assert {"throughput_per_s", "freshness_s", "errors", "dead_letters"} <= health
+    assert {"ingest_rate_per_s", "freshness_s", "errors", "dead_letters"} <= health
     runs_tables = [
         p
         for p in panels

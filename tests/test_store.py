@@ -174,3 +174,19 @@ def test_live_wide_window_matches_grouping_the_whole_table(tmp_path, gaps, limit
     got = store.live_wide(path, limit=limit, since=since)
     assert len(got) == min(limit, len(whole)) and len(got) > 0
     assert got.equals(whole)
+
+
+def test_ingest_rate_counts_ticks_stored_in_the_last_window(tmp_path):
+    """Live throughput for dashboards: ticks by ``received_at``, not the last finished run."""
+    path = tmp_path / "rate.duckdb"
+    old = batch_for(
+        generate_ticks(("A",), 40, seed=1), received_at=datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    recent = batch_for(generate_ticks(("B",), 25, seed=2), topic="u")
+    with TickWriter(path, hold=False) as writer:  # lets the reads in between
+        writer.write_batch(old.ticks)
+        assert store.health(path)["ingest_rate_per_s"] == 0.0  # nothing stored lately
+        writer.write_batch(recent.ticks)
+    health = store.health(path)
+    assert health["ticks"] == 65
+    assert health["ingest_rate_per_s"] == 25 / store.INGEST_WINDOW_S

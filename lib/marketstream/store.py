@@ -406,8 +406,19 @@ def symbols_present(path: Path) -> list[str]:
         return [r[0] for r in con.execute("SELECT DISTINCT symbol FROM market_ticks ORDER BY 1")]
 
 
+#: ``ingest_rate_per_s`` counts the ticks stored over this many seconds.
+INGEST_WINDOW_S = 10
+
+
 def health(path: Path) -> dict[str, Any]:
-    """Freshness, counts and the newest run's throughput, for ``/runs`` and ``/health``."""
+    """Freshness, counts and throughput, for ``/runs`` and ``/health``.
+
+    Two throughputs, because a run's row is written when it ends: the newest
+    finished run's ``throughput_per_s``, and ``ingest_rate_per_s``, ticks
+    stored (by ``received_at``) over the last ``INGEST_WINDOW_S`` seconds,
+    which is what a live dashboard wants while a consumer is running.
+    """
+    now = datetime.now(UTC).replace(tzinfo=None)
     with read_connection(path) as con:
         row = con.execute(
             """
@@ -416,11 +427,12 @@ def health(path: Path) -> dict[str, Any]:
                    (SELECT count(*) FROM dead_letters),
                    (SELECT coalesce(sum(errors), 0) FROM pipeline_metrics),
                    (SELECT throughput_per_s FROM pipeline_metrics
-                      ORDER BY started_at DESC LIMIT 1)
-            """
+                      ORDER BY started_at DESC LIMIT 1),
+                   (SELECT count(*) FROM market_ticks WHERE received_at > ?)
+            """,
+            [now - timedelta(seconds=INGEST_WINDOW_S)],
         ).fetchall()[0]
-    ticks_n, newest, dead_n, errors, throughput = row
-    now = datetime.now(UTC).replace(tzinfo=None)
+    ticks_n, newest, dead_n, errors, throughput, recent = row
     freshness = (now - newest).total_seconds() if newest is not None else None
     return {
         "ticks": int(ticks_n),
@@ -428,5 +440,6 @@ def health(path: Path) -> dict[str, Any]:
         "dead_letters": int(dead_n),
         "errors": int(errors),
         "throughput_per_s": throughput,
+        "ingest_rate_per_s": int(recent) / INGEST_WINDOW_S,
         "freshness_s": freshness,
     }
