@@ -46,6 +46,9 @@ def test_overrides_skip_none_and_accept_lists():
         ("MARKET_BATCH_SIZE", "0", "MARKET_BATCH_SIZE"),
         ("MARKET_LIVE_RATE", "-1", "MARKET_LIVE_RATE"),
         ("MARKET_SYMBOLS", ",,", "MARKET_SYMBOLS"),
+        ("MARKET_API_CACHE_S", "-0.1", "MARKET_API_CACHE_S"),
+        ("MARKET_API_STALE_S", "61", "MARKET_API_STALE_S"),
+        ("MARKET_API_STALE_S", "soon", "MARKET_API_STALE_S"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, name, value, message):
