@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from marketstream.settings import Settings
-from marketstream.store import TICK_BATCH_SCHEMA, TickWriter
+from marketstream.store import INGEST_WINDOW_S, TICK_BATCH_SCHEMA, TickWriter
 from marketstream.ticks import generate_ticks
 from marketstream_api.app import create_app
 from marketstream_api.cache import ReadCache, store_signature
@@ -272,3 +272,4 @@ def test_runs_is_kept_but_its_freshness_is_taken_at_answer_time(tmp_path):
     assert cache.misses == misses  # the store was not read again
     assert second["ticks"] == first["ticks"] == 10
     assert second["freshness_s"] >= first["freshness_s"] + 0.2  # but the clock moved on
+    assert second["ingest_rate_per_s"] == first["ingest_rate_per_s"] == 10 / INGEST_WINDOW_S

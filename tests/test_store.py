@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -190,3 +190,17 @@ def test_ingest_rate_counts_ticks_stored_in_the_last_window(tmp_path):
     health = store.health(path)
     assert health["ticks"] == 65
     assert health["ingest_rate_per_s"] == 25 / store.INGEST_WINDOW_S
+
+
+def test_a_kept_health_snapshot_follows_the_clock(tmp_path):
+    """The API keeps the snapshot while the store is unchanged: its ingest rate must still
+    fall to 0 once nothing is written, and its freshness must keep growing."""
+    path = tmp_path / "snap.duckdb"
+    with TickWriter(path, hold=False) as writer:
+        writer.write_batch(batch_for(generate_ticks(("A",), 30, seed=3)).ticks)
+    snapshot = store.health_snapshot(path)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    assert snapshot.at(now)["ingest_rate_per_s"] == 30 / store.INGEST_WINDOW_S
+    later = snapshot.at(now + timedelta(seconds=store.INGEST_WINDOW_S + 1))
+    assert later["ingest_rate_per_s"] == 0.0
+    assert later["freshness_s"] > snapshot.at(now)["freshness_s"] + store.INGEST_WINDOW_S

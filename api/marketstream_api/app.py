@@ -318,28 +318,25 @@ def _candles(settings: Settings) -> bytes:
 
 
 def _runs(settings: Settings, cache: ReadCache) -> dict[str, Any]:
-    """Run metrics and health; kept like the other answers, freshness taken at answer time.
+    """Run metrics and health; kept like the other answers, clock-dependent figures taken
+    at answer time (:meth:`store.HealthSnapshot.at`).
 
     Kept because Grafana's health panels poll it with the rest of the dashboard
     and every uncached read competes with the live writer for the file.
     """
     limit = int_param("limit", RUNS_LIMIT)
 
-    def compute() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        health = store.health(settings.db_path)
+    def compute() -> tuple[store.HealthSnapshot, list[dict[str, Any]]]:
+        snapshot = store.health_snapshot(settings.db_path)
         runs = frame_records(
             store.pipeline_runs(settings.db_path, limit),
             {"messages_processed", "rows_inserted", "duplicates", "errors"},
         )
-        return health, runs
+        return snapshot, runs
 
-    kept, runs = cache.get(("runs", limit), compute)
-    health = dict(kept)
-    newest = health["newest_event_time"]
-    if newest is not None:
-        now = datetime.now(UTC).replace(tzinfo=None)
-        health["freshness_s"] = (now - newest).total_seconds()
-    health["newest_event_time"] = iso(newest)
+    snapshot, runs = cache.get(("runs", limit), compute)
+    health = snapshot.at(datetime.now(UTC).replace(tzinfo=None))
+    health["newest_event_time"] = iso(health["newest_event_time"])
     return {"health": health, "runs": runs}
 
 

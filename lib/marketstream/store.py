@@ -410,15 +410,52 @@ def symbols_present(path: Path) -> list[str]:
 INGEST_WINDOW_S = 10
 
 
-def health(path: Path) -> dict[str, Any]:
-    """Freshness, counts and throughput, for ``/runs`` and ``/health``.
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """What ``/runs`` and ``/health`` report, as read from the store at one moment.
+
+    Freshness and the ingest rate depend on the clock as well as on the data,
+    so they are derived by :meth:`at`: a snapshot kept while the store is
+    unchanged (the API's cache) still gives the right figures later, e.g. an
+    ingest rate falling to 0 once the consumer stops writing.
+    """
+
+    ticks: int
+    newest_event_time: datetime | None
+    dead_letters: int
+    errors: int
+    throughput_per_s: float | None
+    #: (received_at, ticks) per write in the last ``INGEST_WINDOW_S`` before the read
+    recent_writes: tuple[tuple[datetime, int], ...]
+
+    def at(self, now: datetime) -> dict[str, Any]:
+        """The report as of ``now`` (naive UTC)."""
+        since = now - timedelta(seconds=INGEST_WINDOW_S)
+        recent = sum(n for received, n in self.recent_writes if received > since)
+        newest = self.newest_event_time
+        return {
+            "ticks": self.ticks,
+            "newest_event_time": newest,
+            "dead_letters": self.dead_letters,
+            "errors": self.errors,
+            "throughput_per_s": self.throughput_per_s,
+            "ingest_rate_per_s": recent / INGEST_WINDOW_S,
+            "freshness_s": (now - newest).total_seconds() if newest is not None else None,
+        }
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def health_snapshot(path: Path) -> HealthSnapshot:
+    """Counts, the newest event, the newest finished run's throughput and recent writes.
 
     Two throughputs, because a run's row is written when it ends: the newest
-    finished run's ``throughput_per_s``, and ``ingest_rate_per_s``, ticks
-    stored (by ``received_at``) over the last ``INGEST_WINDOW_S`` seconds,
-    which is what a live dashboard wants while a consumer is running.
+    finished run's ``throughput_per_s``, and the ingest rate, ticks stored (by
+    ``received_at``) over the last ``INGEST_WINDOW_S`` seconds, which is what a
+    live dashboard wants while a consumer is running.
     """
-    now = datetime.now(UTC).replace(tzinfo=None)
     with read_connection(path) as con:
         row = con.execute(
             """
@@ -427,19 +464,25 @@ def health(path: Path) -> dict[str, Any]:
                    (SELECT count(*) FROM dead_letters),
                    (SELECT coalesce(sum(errors), 0) FROM pipeline_metrics),
                    (SELECT throughput_per_s FROM pipeline_metrics
-                      ORDER BY started_at DESC LIMIT 1),
-                   (SELECT count(*) FROM market_ticks WHERE received_at > ?)
-            """,
-            [now - timedelta(seconds=INGEST_WINDOW_S)],
+                      ORDER BY started_at DESC LIMIT 1)
+            """
         ).fetchall()[0]
-    ticks_n, newest, dead_n, errors, throughput, recent = row
-    freshness = (now - newest).total_seconds() if newest is not None else None
-    return {
-        "ticks": int(ticks_n),
-        "newest_event_time": newest,
-        "dead_letters": int(dead_n),
-        "errors": int(errors),
-        "throughput_per_s": throughput,
-        "ingest_rate_per_s": int(recent) / INGEST_WINDOW_S,
-        "freshness_s": freshness,
-    }
+        recent = con.execute(
+            "SELECT received_at, count(*) FROM market_ticks WHERE received_at > ? "
+            "GROUP BY received_at",
+            [_utc_now() - timedelta(seconds=INGEST_WINDOW_S)],
+        ).fetchall()
+    ticks_n, newest, dead_n, errors, throughput = row
+    return HealthSnapshot(
+        ticks=int(ticks_n),
+        newest_event_time=newest,
+        dead_letters=int(dead_n),
+        errors=int(errors),
+        throughput_per_s=throughput,
+        recent_writes=tuple((received, int(n)) for received, n in recent),
+    )
+
+
+def health(path: Path) -> dict[str, Any]:
+    """Freshness, counts and throughputs now, for ``/health``, the Voila page and tests."""
+    return health_snapshot(path).at(_utc_now())
