@@ -26,25 +26,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import psutil
 
+from marketstream.addresses import join_host_port, split_host_port
+from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
+from marketstream.errors import BrokerError, KafkaUnavailable
+from marketstream.kafka_errors import no_broker
+from marketstream.processes import can_bind, free_port, is_local_address, port_open, terminate
 from marketstream.settings import Settings
 
 #: Heap kept small on purpose: the demo machine has 2 cores and also runs
@@ -121,10 +123,6 @@ POM_TEMPLATE = """\
 """
 
 
-class BrokerError(RuntimeError):
-    """An expected failure (no Java, no Maven, port taken, broker died); one line, cause + fix."""
-
-
 @dataclass
 class BrokerStatus:
     """What is known about the broker behind a set of bootstrap servers."""
@@ -162,21 +160,6 @@ class BrokerStatus:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def split_host_port(server: str, default_port: int = 9092) -> tuple[str, int]:
-    """``"host:port"`` -> ``(host, port)``; IPv6 literals may be bracketed (``[::1]:9092``)."""
-    server = server.strip()
-    host, sep, port = server.rpartition(":")
-    if not sep or "]" in port:
-        host, port = server, ""
-    host = host.strip("[]") or "localhost"
-    if not port:
-        return host, default_port
-    try:
-        return host, int(port)
-    except ValueError:
-        raise BrokerError(f"bootstrap server {server!r} is not host:port") from None
-
-
 def new_cluster_id() -> str:
     """A random Kafka cluster id: a v4 UUID as 22 URL-safe base64 characters.
 
@@ -207,10 +190,6 @@ def listener_hosts(host: str) -> tuple[str, str]:
     return host, host
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def render_server_properties(
     host: str, port: int, controller_port: int, log_dir: Path, *, num_partitions: int = 3
 ) -> str:
@@ -225,13 +204,14 @@ def render_server_properties(
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
-        "controller.quorum.bootstrap.servers": _hostport(advertised, controller_port),
+        "controller.quorum.bootstrap.servers": join_host_port(advertised, controller_port),
         "listeners": (
-            f"PLAINTEXT://{_hostport(bind, port)},CONTROLLER://{_hostport(bind, controller_port)}"
+            f"PLAINTEXT://{join_host_port(bind, port)},"
+            f"CONTROLLER://{join_host_port(bind, controller_port)}"
         ),
         "advertised.listeners": (
-            f"PLAINTEXT://{_hostport(advertised, port)},"
-            f"CONTROLLER://{_hostport(advertised, controller_port)}"
+            f"PLAINTEXT://{join_host_port(advertised, port)},"
+            f"CONTROLLER://{join_host_port(advertised, controller_port)}"
         ),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
@@ -364,111 +344,6 @@ def maven_excerpt(output: str, width: int = 400) -> str:
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _can_bind(host: str, port: int) -> bool:
-    """Could a server listen on host:port? (SO_REUSEADDR, as the JVM sets it.)"""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return False
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    continue  # e.g. ::1 for "localhost" on a host without IPv6
-                return False
-    return True
-
-
-def _is_local_address(host: str) -> bool:
-    """True if host resolves to an address of this machine (binding port 0 works)."""
-    try:
-        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return False
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as sock:
-            try:
-                sock.bind(address)
-                return True
-            except OSError as exc:
-                if exc.errno != errno.EADDRNOTAVAIL:
-                    return True
-    return False
-
-
-def _port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """Does anything accept TCP connections at host:port?"""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_kafka_logging() -> Iterator[None]:
-    """Silence kafka-python while probing: a refused connection is an answer, not an error."""
-    logger = logging.getLogger("kafka")
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
-def _probe(config: dict[str, object], timeout_s: float) -> bool:
-    """True if a Kafka broker answers a metadata request with at least one live broker."""
-    servers = config["bootstrap_servers"]
-    if not isinstance(servers, list):
-        servers = [str(servers)]
-    endpoints = [split_host_port(str(s)) for s in servers]
-    if not any(_port_open(h, p, min(timeout_s, 1.0)) for h, p in endpoints):
-        return False  # fast path: nothing listens, so no need for a client
-    from kafka import KafkaAdminClient  # imported late: start-up cost, tests of pure parts
-
-    timeout_ms = max(int(timeout_s * 1000), 500)
-    with _quiet_kafka_logging():
-        try:
-            admin = KafkaAdminClient(
-                **config,
-                client_id="marketstream-probe",
-                bootstrap_timeout_ms=timeout_ms,
-                request_timeout_ms=timeout_ms,
-                reconnect_backoff_max_ms=1000,
-            )
-        except Exception:
-            return False
-        try:
-            return bool(admin.describe_cluster().get("brokers"))
-        except Exception:
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                admin.close()
-
-
-def is_reachable(bootstrap_servers: str, timeout_s: float = 3.0) -> bool:
-    """True if a Kafka broker (PLAINTEXT) answers a metadata request at bootstrap_servers."""
-    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-    return bool(servers) and _probe({"bootstrap_servers": servers}, timeout_s)
-
-
-def _settings_reachable(settings: Settings, timeout_s: float = 3.0) -> bool:
-    """Like :func:`is_reachable`, with the settings' security options (SASL/SSL clusters)."""
-    return _probe(settings.kafka_client_config(), timeout_s)
 
 
 @lru_cache(maxsize=4)
@@ -691,36 +566,10 @@ def _managed_pid(run_dir: Path) -> int | None:
     return pids[0]
 
 
-def _wait_exit(pid: int, timeout_s: float) -> bool:
-    """Wait for pid to exit (reaping it if it is our child); True if it is gone."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        try:
-            child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        _CHILDREN.pop(pid, None)
-        return True
-    try:
-        psutil.Process(pid).wait(timeout=timeout_s)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
-    return True
-
-
-def _terminate(pid: int, timeout_s: float = _STOP_TIMEOUT_S) -> None:
-    """SIGTERM (Kafka's clean shutdown), then SIGKILL if it takes longer than timeout_s."""
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            _wait_exit(pid, 0.1)
-            return
-        if _wait_exit(pid, wait):
-            return
-        log.warning("Kafka broker pid %s ignored %s", pid, sig.name)
+def _stop_pid(pid: int, timeout_s: float = _STOP_TIMEOUT_S) -> None:
+    """SIGTERM (Kafka's clean shutdown), SIGKILL after timeout_s; our own child is reaped."""
+    child = _CHILDREN.pop(pid, None)
+    terminate(child if child is not None else pid, timeout_s, name="Kafka broker")
 
 
 def _tail(path: Path, max_bytes: int = 64_000, since: int = 0) -> str:
@@ -748,7 +597,7 @@ def _controller_port(props_file: Path, host: str, avoid: int) -> int:
         if voters:
             with contextlib.suppress(BrokerError):
                 port = split_host_port(voters.split(",")[0])[1]
-                if port != avoid and _can_bind(listener_hosts(host)[0], port):
+                if port != avoid and can_bind(listener_hosts(host)[0], port):
                     return port
     while True:
         port = free_port()
@@ -783,6 +632,7 @@ def _wait_ready(
     wait_s: float,
     proc: subprocess.Popen[bytes] | None,
     log_offset: int = 0,
+    clients: KafkaClients = DEFAULT_CLIENTS,
 ) -> None:
     """Block until the broker answers; raise (after stopping it) if it dies or times out."""
     deadline = time.monotonic() + wait_s
@@ -796,11 +646,11 @@ def _wait_ready(
                 f"the Kafka broker exited{how} during start-up: "
                 f"{_broker_excerpt(run_dir, log_offset)}; full log: {_log_file(run_dir)}"
             )
-        if is_reachable(_hostport(*settings.bootstrap_host_port), timeout_s=2.0):
-            return  # our broker speaks PLAINTEXT whatever security the settings name
+        if clients.reachable(settings, timeout_s=2.0):
+            return
         time.sleep(0.5)
     why = _broker_excerpt(run_dir, log_offset)  # before stopping, which logs a lot
-    _terminate(pid)
+    _stop_pid(pid)
     _pid_file(run_dir).unlink(missing_ok=True)
     raise BrokerError(
         f"the Kafka broker did not answer at {settings.bootstrap_servers} within {wait_s:g} s "
@@ -808,14 +658,16 @@ def _wait_ready(
     )
 
 
-def broker_status(settings: Settings, *, run_dir: Path | None = None) -> BrokerStatus:
+def broker_status(
+    settings: Settings, *, run_dir: Path | None = None, clients: KafkaClients = DEFAULT_CLIENTS
+) -> BrokerStatus:
     """Is a broker answering at the bootstrap servers, and is it one we started?"""
     run_dir = (run_dir or default_run_dir(settings)).resolve()
     pid = _managed_pid(run_dir)
     log_file = _log_file(run_dir)
     return BrokerStatus(
         bootstrap_servers=settings.bootstrap_servers,
-        reachable=_settings_reachable(settings),
+        reachable=clients.reachable(settings),
         managed=pid is not None,
         pid=pid,
         run_dir=run_dir if run_dir.is_dir() else None,
@@ -824,7 +676,11 @@ def broker_status(settings: Settings, *, run_dir: Path | None = None) -> BrokerS
 
 
 def start_broker(
-    settings: Settings, *, run_dir: Path | None = None, wait_s: float = 90
+    settings: Settings,
+    *,
+    run_dir: Path | None = None,
+    wait_s: float = 90,
+    clients: KafkaClients = DEFAULT_CLIENTS,
 ) -> BrokerStatus:
     """Start a local broker on ``settings.bootstrap_host_port`` and wait until it answers.
 
@@ -834,20 +690,20 @@ def start_broker(
     until :func:`stop_broker`; a broker that fails to come up is always stopped.
     """
     run_dir = (run_dir or default_run_dir(settings)).resolve()
-    if _settings_reachable(settings):
-        return broker_status(settings, run_dir=run_dir)
+    if clients.reachable(settings):
+        return broker_status(settings, run_dir=run_dir, clients=clients)
     host, port = settings.bootstrap_host_port
     with _file_lock(run_dir / ".start.lock"):
         pid = _managed_pid(run_dir)
         if pid is not None:  # started by another call and still booting
-            _wait_ready(settings, pid, run_dir, wait_s, _CHILDREN.get(pid))
-            return broker_status(settings, run_dir=run_dir)
-        if not _is_local_address(host):
+            _wait_ready(settings, pid, run_dir, wait_s, _CHILDREN.get(pid), clients=clients)
+            return broker_status(settings, run_dir=run_dir, clients=clients)
+        if not is_local_address(host):
             raise BrokerError(
                 f"cannot start a broker for {host}:{port}: {host} is not an address of this "
                 f"machine; set KAFKA_BOOTSTRAP_SERVERS=localhost:{port} for a local broker"
             )
-        if not _can_bind(host, port):
+        if not can_bind(host, port):
             raise BrokerError(
                 f"port {port} is in use by another program that does not speak Kafka; "
                 f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}"
@@ -895,10 +751,10 @@ def start_broker(
         _CHILDREN[proc.pid] = proc
         _pid_file(run_dir).write_text(f"{proc.pid}\n", encoding="utf-8")
         try:
-            _wait_ready(settings, proc.pid, run_dir, wait_s, proc, log_offset)
+            _wait_ready(settings, proc.pid, run_dir, wait_s, proc, log_offset, clients)
         except BaseException:  # KeyboardInterrupt too: never leave a half-started JVM
             if proc.poll() is None:
-                _terminate(proc.pid)
+                _stop_pid(proc.pid)
                 _pid_file(run_dir).unlink(missing_ok=True)
             raise
         return broker_status(settings, run_dir=run_dir)
@@ -916,16 +772,83 @@ def stop_broker(settings: Settings, *, run_dir: Path | None = None) -> bool:
     if managed is not None:
         pids.add(managed)
     for pid in sorted(pids):
-        _terminate(pid)
+        _stop_pid(pid)
     _pid_file(run_dir).unlink(missing_ok=True)
     return bool(pids)
 
 
-def ensure_broker(settings: Settings) -> BrokerStatus:
+def local_start_refusal(settings: Settings) -> str | None:
+    """Why the kit must not start a broker for these settings, or ``None`` if it may.
+
+    The one rule (DESIGN.md, "Real clusters"): a local broker is started only
+    when the address is this machine's, nothing listens there, and no security
+    is configured. Anything else is somebody's cluster, and starting a broker
+    in its place would hide the real problem (a wrong password, a typo'd host).
+    """
+    host, port = settings.bootstrap_host_port
+    if settings.secured:
+        return (
+            f"{no_broker(settings)} (the kit starts a local broker only when no security "
+            "is configured)"
+        )
+    if not is_local_address(host):
+        return f"{no_broker(settings)} ({host} is not this machine, so none is started here)"
+    if port_open(host, port):
+        return (
+            f"something listens at {join_host_port(host, port)} but does not answer as a "
+            f"PLAINTEXT Kafka broker; set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()} "
+            "for a local broker, or the security settings if it is a secured cluster"
+        )
+    return None
+
+
+def ensure_broker(settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS) -> BrokerStatus:
     """A broker answering at the bootstrap servers: the one already there, or a new local one."""
-    if _settings_reachable(settings):
-        return broker_status(settings)
-    return start_broker(settings)
+    if clients.reachable(settings):
+        return broker_status(settings, clients=clients)
+    refusal = local_start_refusal(settings)
+    if refusal is not None:
+        raise KafkaUnavailable(refusal)
+    return start_broker(settings, clients=clients)
+
+
+@dataclass
+class OwnedBroker:
+    """The broker a block of work runs against, and whether the block started it."""
+
+    status: BrokerStatus
+    started: bool
+
+
+@contextlib.contextmanager
+def owned_broker(
+    settings: Settings,
+    *,
+    keep: bool = False,
+    say: Callable[[str], None] | None = None,
+    clients: KafkaClients = DEFAULT_CLIENTS,
+) -> Iterator[OwnedBroker]:
+    """Run a block against a broker: the one that answers, or a local one started for it.
+
+    The only place of the rule "start a broker if none answers, stop it
+    afterwards" (pipeline, live mode, bench and soak all use it). A broker
+    this block started is stopped at its end, unless ``keep``; one that was
+    already there is never touched. ``say`` hears one line when a broker is started.
+    """
+    if clients.reachable(settings):
+        yield OwnedBroker(broker_status(settings, clients=clients), started=False)
+        return
+    refusal = local_start_refusal(settings)
+    if refusal is not None:
+        raise KafkaUnavailable(refusal)
+    if say is not None:
+        say(f"no Kafka broker at {settings.bootstrap_servers}: starting a local one")
+    status = start_broker(settings, clients=clients)
+    try:
+        yield OwnedBroker(status, started=True)
+    finally:
+        if not keep:
+            stop_broker(settings)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,17 @@
-"""One settings object, read from environment variables.
+"""One settings object, read from environment variables, driven by one table.
 
 Every module takes a :class:`Settings` instead of reading the environment or
 hard-coding a host, a path or a symbol list, so pointing the kit at a real
 cluster is a matter of exporting variables (see the README's configuration
 table).
+
+Why a table (:data:`OPTIONS`): each setting has a field, an environment
+variable and a kind, and four things need all three: :meth:`Settings.from_env`,
+:meth:`Settings.with_` (CLI options, notebook parameters), :meth:`Settings.to_env`
+(how a child process gets the same settings) and :meth:`Settings.to_overrides`
+(how papermill hands them to a notebook). When the map was written twice and
+the notebooks got a hand-picked 8 of 26, a caller's ``consumer_group`` or
+``batch_size`` was silently replaced by the environment's inside the notebooks.
 """
 
 from __future__ import annotations
@@ -11,6 +19,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
+
+from marketstream.addresses import server_list, split_host_port
+from marketstream.errors import SettingsError
+
+__all__ = ["DEFAULT_SYMBOLS", "OPTIONS", "PROJECT_ROOT", "Option", "Settings", "SettingsError"]
 
 #: The project root: two levels above this file (lib/marketstream/settings.py).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -18,34 +32,53 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
+@dataclass(frozen=True)
+class Option:
+    """One setting: its :class:`Settings` field, its environment variable, what it is for."""
+
+    name: str
+    env: str
+    help: str
+    secret: bool = False
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+#: Every setting, in the README's order. Kinds (int, float, path, list) come from
+#: the field's default, so adding a setting is one line here and one field below.
+OPTIONS: tuple[Option, ...] = (
+    Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "Kafka host:port[,host:port...]"),
+    Option("topic", "KAFKA_TOPIC", "the ticks topic"),
+    Option("partitions", "KAFKA_PARTITIONS", "partitions when the kit creates the topic"),
+    Option("consumer_group", "KAFKA_CONSUMER_GROUP", "the consumer group"),
+    Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_*"),
+    Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256/512"),
+    Option("sasl_username", "KAFKA_SASL_USERNAME", "SASL user"),
+    Option("sasl_password", "KAFKA_SASL_PASSWORD", "SASL password", secret=True),
+    Option("ssl_cafile", "KAFKA_SSL_CAFILE", "CA certificate (PEM) to trust"),
+    Option("db_path", "MARKET_DB_PATH", "the DuckDB file"),
+    Option("csv_path", "MARKET_CSV_PATH", "the tick CSV"),
+    Option("log_path", "MARKET_LOG_PATH", "the JSON-lines log"),
+    Option("output_dir", "MARKET_OUTPUT_DIR", "executed notebooks"),
+    Option("symbols", "MARKET_SYMBOLS", "comma-separated symbols"),
+    Option("ticks_per_symbol", "MARKET_TICKS_PER_SYMBOL", "generated ticks per symbol"),
+    Option("seed", "MARKET_SEED", "random seed of the generator"),
+    Option("batch_size", "MARKET_BATCH_SIZE", "records per consumer micro-batch"),
+    Option("idle_timeout_s", "MARKET_IDLE_TIMEOUT_S", "batch consumer: stop after idle s"),
+    Option("live_rate", "MARKET_LIVE_RATE", "live mode: ticks/s per symbol"),
+    Option("api_host", "MARKET_API_HOST", "API bind address"),
+    Option("api_port", "MARKET_API_PORT", "API port"),
+    Option("voila_port", "MARKET_VOILA_PORT", "Voila port"),
+    Option("api_cache_s", "MARKET_API_CACHE_S", "API: keep answers this long (s)"),
+    Option("api_stale_s", "MARKET_API_STALE_S", "API: serve stale answers this young (s)"),
+    Option("kafka_home", "MARKETSTREAM_KAFKA_HOME", "jar cache and local broker data"),
+    Option("kafka_version", "MARKETSTREAM_KAFKA_VERSION", "Kafka version of the local broker"),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name, str(default))
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-
-
-def _path(raw: str) -> Path:
+def _resolve(raw: str | Path) -> Path:
     path = Path(raw).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-class SettingsError(ValueError):
-    """A configuration value that cannot be used; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -82,59 +115,39 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Build settings from ``KAFKA_*``/``MARKET_*`` variables, then apply overrides."""
-        base = cls()
-        symbols_raw = _env("MARKET_SYMBOLS", ",".join(DEFAULT_SYMBOLS))
-        symbols = tuple(s.strip() for s in symbols_raw.split(",") if s.strip())
-        if not symbols:
-            raise SettingsError("MARKET_SYMBOLS is empty; give a comma-separated list")
-        values = {
-            "bootstrap_servers": _env("KAFKA_BOOTSTRAP_SERVERS", base.bootstrap_servers),
-            "topic": _env("KAFKA_TOPIC", base.topic),
-            "partitions": _env_int("KAFKA_PARTITIONS", base.partitions),
-            "consumer_group": _env("KAFKA_CONSUMER_GROUP", base.consumer_group),
-            "db_path": _path(_env("MARKET_DB_PATH", str(base.db_path))),
-            "csv_path": _path(_env("MARKET_CSV_PATH", str(base.csv_path))),
-            "log_path": _path(_env("MARKET_LOG_PATH", str(base.log_path))),
-            "output_dir": _path(_env("MARKET_OUTPUT_DIR", str(base.output_dir))),
-            "kafka_home": _path(_env("MARKETSTREAM_KAFKA_HOME", str(base.kafka_home))),
-            "kafka_version": _env("MARKETSTREAM_KAFKA_VERSION", base.kafka_version),
-            "symbols": symbols,
-            "ticks_per_symbol": _env_int("MARKET_TICKS_PER_SYMBOL", base.ticks_per_symbol),
-            "seed": _env_int("MARKET_SEED", base.seed),
-            "batch_size": _env_int("MARKET_BATCH_SIZE", base.batch_size),
-            "idle_timeout_s": _env_float("MARKET_IDLE_TIMEOUT_S", base.idle_timeout_s),
-            "live_rate": _env_float("MARKET_LIVE_RATE", base.live_rate),
-            "api_host": _env("MARKET_API_HOST", base.api_host),
-            "api_port": _env_int("MARKET_API_PORT", base.api_port),
-            "voila_port": _env_int("MARKET_VOILA_PORT", base.voila_port),
-            "api_cache_s": _env_float("MARKET_API_CACHE_S", base.api_cache_s),
-            "api_stale_s": _env_float("MARKET_API_STALE_S", base.api_stale_s),
-            "security_protocol": _env("KAFKA_SECURITY_PROTOCOL", base.security_protocol),
-            "sasl_mechanism": _env("KAFKA_SASL_MECHANISM", base.sasl_mechanism),
-            "sasl_username": _env("KAFKA_SASL_USERNAME", base.sasl_username),
-            "sasl_password": _env("KAFKA_SASL_PASSWORD", base.sasl_password),
-            "ssl_cafile": _env("KAFKA_SSL_CAFILE", base.ssl_cafile),
-        }
-        settings = cls(**values)  # type: ignore[arg-type]
-        return settings.with_(**overrides) if overrides else settings.validated()
+        values: dict[str, object] = {}
+        for option in OPTIONS:
+            raw = os.environ.get(option.env)
+            if raw is not None and raw.strip():
+                values[option.name] = _parse(option, raw.strip(), source=option.env)
+        merged = cls().with_(**values) if values else cls()
+        return merged.with_(**overrides)
 
     def with_(self, **overrides: object) -> Settings:
-        """A copy with some fields replaced (paths given as strings are resolved)."""
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
+        """A copy with some fields replaced; text is parsed as from the environment.
+
+        ``None`` means "keep": a notebook parameter or CLI option left unset.
+        """
+        unknown = set(overrides) - set(_BY_NAME)
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        clean: dict[str, object] = {}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key.endswith(("_path", "_dir", "_home")) and not isinstance(value, Path):
-                value = _path(str(value))
-            if key == "symbols":
-                items = value.split(",") if isinstance(value, str) else value
-                value = tuple(str(s).strip() for s in items if str(s).strip())  # type: ignore[union-attr]
-            clean[key] = value
-        return replace(self, **clean).validated()  # type: ignore[arg-type]
+        clean = {
+            name: _parse(_BY_NAME[name], value, source=name)
+            for name, value in overrides.items()
+            if value is not None
+        }
+        return replace(self, **clean).validated() if clean else self.validated()
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as environment variables: ``from_env()`` there rebuilds ``self``."""
+        return {option.env: _text(getattr(self, option.name)) for option in OPTIONS}
+
+    def to_overrides(self) -> dict[str, str]:
+        """Every setting as ``{field: text}``: ``Settings().with_(**those)`` rebuilds ``self``.
+
+        This is the papermill parameter every notebook takes (JSON-safe values).
+        """
+        return {option.name: _text(getattr(self, option.name)) for option in OPTIONS}
 
     def validated(self) -> Settings:
         """Reject values that would only fail later, deep inside Kafka or DuckDB."""
@@ -147,87 +160,71 @@ class Settings:
         if self.live_rate <= 0:
             raise SettingsError("MARKET_LIVE_RATE must be positive (ticks/s per symbol)")
         if not self.symbols:
-            raise SettingsError("at least one symbol is needed")
+            raise SettingsError("MARKET_SYMBOLS is empty; give a comma-separated list")
         if not 0 <= self.api_cache_s <= 60:
             raise SettingsError("MARKET_API_CACHE_S must be from 0 to 60 (seconds)")
         if not 0 <= self.api_stale_s <= 60:
             raise SettingsError("MARKET_API_STALE_S must be from 0 to 60 (seconds)")
+        if not server_list(self.bootstrap_servers):
+            raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is empty; give host:port")
         return self
 
-    def kafka_client_config(self) -> dict[str, object]:
-        """Connection and security options shared by producer, consumer and admin.
-
-        SASL/SSL values pass straight through to kafka-python, so the same
-        settings reach a secured cluster; the password never appears in repr or logs.
-        """
-        config: dict[str, object] = {
-            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            from marketstream.logs import redact_kafka_secrets
-
-            redact_kafka_secrets()  # kafka-python logs its admin config, password included
-            config["sasl_mechanism"] = self.sasl_mechanism
-            config["sasl_plain_username"] = self.sasl_username
-            config["sasl_plain_password"] = self.sasl_password
-        if self.ssl_cafile:
-            config["ssl_cafile"] = self.ssl_cafile
-        return config
+    @property
+    def bootstrap_endpoints(self) -> list[tuple[str, int]]:
+        """Every bootstrap server as (host, port)."""
+        try:
+            return [split_host_port(s, None) for s in server_list(self.bootstrap_servers)]
+        except SettingsError as exc:
+            raise SettingsError(
+                f"KAFKA_BOOTSTRAP_SERVERS={self.bootstrap_servers!r}: expected host:port ({exc})"
+            ) from None
 
     @property
     def bootstrap_host_port(self) -> tuple[str, int]:
-        """The first bootstrap server as (host, port), used to start a local broker."""
-        first = self.bootstrap_servers.split(",")[0].strip()
-        host, _, port = first.rpartition(":")
+        """The first bootstrap server as (host, port), where a local broker would listen."""
+        return self.bootstrap_endpoints[0]
+
+    @property
+    def secured(self) -> bool:
+        """True if any security is configured (the kit then never starts a broker itself)."""
+        return (
+            self.security_protocol.upper() != "PLAINTEXT"
+            or bool(self.sasl_mechanism)
+            or bool(self.ssl_cafile)
+        )
+
+
+_DEFAULTS = Settings()
+_KINDS: dict[str, type] = {f.name: type(getattr(_DEFAULTS, f.name)) for f in fields(Settings)}
+
+
+def _text(value: object) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def _parse(option: Option, value: Any, *, source: str) -> object:
+    """A setting's value of the right kind, from text or an already-typed value."""
+    kind = _KINDS[option.name]
+    if issubclass(kind, Path):
+        return _resolve(value)
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        symbols = tuple(str(s).strip() for s in items if str(s).strip())
+        if not symbols:
+            raise SettingsError(f"{source}={value!r} is empty; give a comma-separated list")
+        return symbols
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
         try:
-            return (host or "localhost"), int(port)
+            return int(str(value).strip())
         except ValueError:
-            raise SettingsError(
-                f"KAFKA_BOOTSTRAP_SERVERS={self.bootstrap_servers!r}: expected host:port"
-            ) from None
-
-
-#: Settings field -> environment variable, the inverse of ``Settings.from_env``.
-ENV_NAMES: dict[str, str] = {
-    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
-    "topic": "KAFKA_TOPIC",
-    "partitions": "KAFKA_PARTITIONS",
-    "consumer_group": "KAFKA_CONSUMER_GROUP",
-    "db_path": "MARKET_DB_PATH",
-    "csv_path": "MARKET_CSV_PATH",
-    "log_path": "MARKET_LOG_PATH",
-    "output_dir": "MARKET_OUTPUT_DIR",
-    "kafka_home": "MARKETSTREAM_KAFKA_HOME",
-    "kafka_version": "MARKETSTREAM_KAFKA_VERSION",
-    "symbols": "MARKET_SYMBOLS",
-    "ticks_per_symbol": "MARKET_TICKS_PER_SYMBOL",
-    "seed": "MARKET_SEED",
-    "batch_size": "MARKET_BATCH_SIZE",
-    "idle_timeout_s": "MARKET_IDLE_TIMEOUT_S",
-    "live_rate": "MARKET_LIVE_RATE",
-    "api_host": "MARKET_API_HOST",
-    "api_port": "MARKET_API_PORT",
-    "voila_port": "MARKET_VOILA_PORT",
-    "api_cache_s": "MARKET_API_CACHE_S",
-    "api_stale_s": "MARKET_API_STALE_S",
-    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-    "sasl_username": "KAFKA_SASL_USERNAME",
-    "sasl_password": "KAFKA_SASL_PASSWORD",
-    "ssl_cafile": "KAFKA_SSL_CAFILE",
-}
-
-
-def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment in which ``Settings.from_env()`` rebuilds ``settings``.
-
-    Subprocesses (the API, Voila and its kernels) read settings from the
-    environment, so this is how they get the very same configuration,
-    overrides from CLI options included.
-    """
-    env = dict(os.environ if base is None else base)
-    for name, var in ENV_NAMES.items():
-        value = getattr(settings, name)
-        env[var] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return env
+            raise SettingsError(f"{source}={value!r} is not an integer") from None
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{source}={value!r} is not a number") from None
+    return str(value)

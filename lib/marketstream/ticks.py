@@ -37,8 +37,12 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 #: an absurd volume is a dead letter instead of an overflow in the Arrow batch.
 MAX_VOLUME = 2**53 - 1
 
+#: Event years accepted: a tick from before the epoch or centuries ahead is a typo
+#: (or a unit mix-up), not market data. The consumer's vectorised check reads these too.
+MIN_YEAR, MAX_YEAR = 1970, 2200
 
-class TickError(ValueError):
+
+class TickError(ValueError):  # a dead-letter reason, not a MarketstreamError: never raised to users
     """A value that is not a valid tick; the message says which field and why."""
 
 
@@ -52,7 +56,10 @@ class Tick:
     volume: int
 
     def to_message(self) -> bytes:
-        """The Kafka message value: compact JSON with an ISO-8601 UTC timestamp."""
+        """The Kafka message value: compact JSON with an ISO-8601 UTC timestamp.
+
+        The one serialiser of a tick, for the batch producer and live mode alike.
+        """
         return orjson.dumps(
             {
                 "timestamp": format_timestamp(self.timestamp),
@@ -69,7 +76,17 @@ class Tick:
 
 
 def format_timestamp(ts: datetime) -> str:
-    """ISO-8601 in UTC with microseconds and a ``Z``, the one format on the wire and in CSV."""
+    """ISO-8601 in UTC with microseconds and a ``Z``, the one format on the wire and in CSV.
+
+    Speed: ``astimezone`` + ``strftime`` cost ~12 us a tick, more than
+    kafka-python's whole ``send``; for a UTC (or naive, taken as UTC) time from
+    year 1000 on, ``isoformat`` (C) gives the same text ~10x faster.
+    """
+    if ts.year >= 1000:
+        if ts.tzinfo is UTC:
+            return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+        if ts.tzinfo is None:
+            return ts.isoformat(timespec="microseconds") + "Z"
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -83,8 +100,8 @@ def parse_timestamp(raw: str) -> datetime:
         raise TickError(f"timestamp {raw!r} is not ISO-8601") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    if not 1970 <= ts.year <= 2200:
-        raise TickError(f"timestamp {raw!r} is out of range (1970-2200)")
+    if not MIN_YEAR <= ts.year <= MAX_YEAR:
+        raise TickError(f"timestamp {raw!r} is out of range ({MIN_YEAR}-{MAX_YEAR})")
     return ts.astimezone(UTC)
 
 

@@ -1,0 +1,221 @@
+"""Every Kafka client the kit uses, built from :class:`Settings` in this one module.
+
+Why one module: the producer, the consumer, the admin client and the broker
+probe each need the same connection and security options, and each used to
+be built where it was used (so tests patched ``produce.KafkaAdminClient`` and
+``consume.KafkaConsumer``). Here :class:`KafkaClients` is the seam: the kit
+calls it, and a test hands the code a ``KafkaClients`` with its own classes
+instead of patching module globals.
+
+The tuning lives here too, each value with the figure behind it:
+
+* consumer fetches are generous (64 MB per fetch, 16 MB per partition) so one
+  round-trip fills a whole poll; kafka-python's 1 MB per-partition default is
+  ~11,000 ticks, less than one 5,000-record batch on 3 partitions;
+* the producer remembers each key's partition (:class:`KeyCachingPartitioner`):
+  kafka-python's pure-Python murmur2 per message cost more than ``send``;
+  install ``crc32c`` too, or kafka-python checksums every batch in pure Python;
+* producer batches are 256 KB with a 20 ms linger (bench/README.md: a batch per
+  partition fills well inside the linger, so the linger only bounds a lone
+  tick's wait); no compression by default, because on one host compressing
+  costs more CPU than it saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaTimeoutError, NoBrokersAvailable
+from kafka.partitioner import DefaultPartitioner
+
+from marketstream.addresses import server_list
+from marketstream.errors import KafkaUnavailable
+from marketstream.kafka_errors import no_broker
+from marketstream.logs import redact_kafka_secrets
+from marketstream.processes import port_open
+from marketstream.settings import Settings
+
+#: Producer batching (see the module docstring).
+LINGER_MS = 20
+BATCH_BYTES = 256 * 1024
+
+#: Admin requests (create/delete topic) wait this long for the controller.
+ADMIN_TIMEOUT_MS = 15_000
+
+
+def connection_config(settings: Settings) -> dict[str, object]:
+    """Connection and security options shared by producer, consumer and admin.
+
+    SASL/SSL values pass straight through to kafka-python, so the same
+    settings reach a secured cluster; the password never appears in repr or logs.
+    """
+    config: dict[str, object] = {
+        "bootstrap_servers": server_list(settings.bootstrap_servers),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        redact_kafka_secrets()  # kafka-python logs its admin config, password included
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = settings.sasl_password
+    if settings.ssl_cafile:
+        config["ssl_cafile"] = settings.ssl_cafile
+    return config
+
+
+class KeyCachingPartitioner(DefaultPartitioner):
+    """kafka-python's default partitioner, with each key's partition remembered.
+
+    Same partition for the same key as the default (murmur2 of the key modulo
+    the partition count, as the Java client), but the pure-Python murmur2 runs
+    once per key and partition count instead of once per message. Keyless
+    messages keep the default's behaviour.
+    """
+
+    MAX_KEYS = 100_000  # a producer with unbounded keys must not grow without end
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[tuple[str, bytes, int], int] = {}
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        """The partition for one message (see the class docstring)."""
+        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not partitions:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        cache_key = (topic, bytes(serialized_key), len(partitions))  # type: ignore[arg-type]
+        found = self._cache.get(cache_key)
+        if found is None or found not in partitions:
+            found = super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            if len(self._cache) >= self.MAX_KEYS:
+                self._cache.clear()
+            self._cache[cache_key] = found
+        return found
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    """A producer tuned for throughput without giving up delivery guarantees."""
+    return {
+        **connection_config(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": LINGER_MS,
+        "batch_size": BATCH_BYTES,
+        "max_request_size": 4 * 1024 * 1024,
+        "compression_type": None,
+        "partitioner": KeyCachingPartitioner(),
+    }
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    """A consumer that never auto-commits and fetches in large batches."""
+    return {
+        **connection_config(settings),
+        "group_id": settings.consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.batch_size,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "fetch_min_bytes": 1,
+        "fetch_max_wait_ms": 100,
+        "consumer_timeout_ms": float("inf"),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_kafka_logging() -> Iterator[None]:
+    """Silence kafka-python while probing: a refused connection is an answer, not an error."""
+    logger = logging.getLogger("kafka")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@dataclass(frozen=True)
+class KafkaClients:
+    """Builds kafka-python clients from settings; the classes are the seam for tests.
+
+    Construction failures that mean "no broker answered" become one
+    :class:`KafkaUnavailable` line naming the servers (never the password).
+    """
+
+    producer_class: Callable[..., Any] = KafkaProducer
+    consumer_class: Callable[..., Any] = KafkaConsumer
+    admin_class: Callable[..., Any] = KafkaAdminClient
+
+    def _build(self, cls: Callable[..., Any], settings: Settings, config: dict) -> Any:
+        try:
+            return cls(**config)
+        except (KafkaTimeoutError, NoBrokersAvailable):
+            raise KafkaUnavailable(no_broker(settings)) from None
+
+    def producer(self, settings: Settings, **overrides: object) -> Any:
+        """A producer (see :func:`producer_config`), options overridable."""
+        return self._build(
+            self.producer_class, settings, {**producer_config(settings), **overrides}
+        )
+
+    def consumer(self, settings: Settings, *, subscribe: bool = True, **overrides: object) -> Any:
+        """A group consumer of ``settings.topic`` (see :func:`consumer_config`)."""
+        consumer = self._build(
+            self.consumer_class, settings, {**consumer_config(settings), **overrides}
+        )
+        if subscribe:
+            consumer.subscribe([settings.topic])
+        return consumer
+
+    def admin(self, settings: Settings, **overrides: object) -> Any:
+        """An admin client (topics, groups, offsets)."""
+        config = {**connection_config(settings), "request_timeout_ms": ADMIN_TIMEOUT_MS}
+        return self._build(self.admin_class, settings, {**config, **overrides})
+
+    def reachable(self, settings: Settings, timeout_s: float = 3.0) -> bool:
+        """True if a Kafka broker answers a metadata request with the settings' security.
+
+        A TCP check first: when nothing listens (the common case before the kit
+        starts its broker) that answers in a millisecond instead of a client's
+        bootstrap timeout.
+        """
+        endpoints = settings.bootstrap_endpoints
+        if not any(port_open(h, p, min(timeout_s, 1.0)) for h, p in endpoints):
+            return False
+        timeout_ms = max(int(timeout_s * 1000), 500)
+        with _quiet_kafka_logging():
+            try:
+                admin = self.admin_class(
+                    **connection_config(settings),
+                    client_id="marketstream-probe",
+                    bootstrap_timeout_ms=timeout_ms,
+                    request_timeout_ms=timeout_ms,
+                    reconnect_backoff_max_ms=1000,
+                )
+            except Exception:
+                return False
+            try:
+                return bool(admin.describe_cluster().get("brokers"))
+            except Exception:
+                return False
+            finally:
+                with contextlib.suppress(Exception):
+                    admin.close()
+
+
+#: The clients the kit uses unless a caller (a test) passes its own.
+DEFAULT_CLIENTS = KafkaClients()
