@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import namedtuple
 from datetime import UTC, datetime
 
-from marketstream.consume import DecodedBatch, decode_records
+from marketstream.decode import DecodedBatch, decode_records
 from marketstream.ticks import Tick
 
 Record = namedtuple("Record", "topic partition offset key value")

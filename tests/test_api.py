@@ -7,21 +7,28 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import pyarrow as pa
 import pytest
+from kafka import KafkaAdminClient
 
 from marketstream import store
+from marketstream.clients import KafkaClients
+from marketstream.logs import read_log
 from marketstream.settings import Settings
 from marketstream.ticks import DEFAULT_START, Tick, generate_ticks
-from marketstream_api.app import BrokerProbe, create_app
+from marketstream_api.app import StoreReader, create_app
+from marketstream_api.health import BrokerProbe
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 N = 50
@@ -76,9 +83,14 @@ def make_db(path: Path, ticks: list[Tick], *, with_run: bool = True) -> Path:
     return path
 
 
-def app_for(db_path: Path, tmp_path: Path, broker_check=lambda servers, timeout: True):
+def app_for(
+    db_path: Path,
+    tmp_path: Path,
+    broker_check=lambda settings, timeout_s: True,
+    reader: StoreReader | None = None,
+):
     settings = Settings().with_(db_path=db_path, log_path=tmp_path / "api.log")
-    return create_app(settings, broker_check=broker_check)
+    return create_app(settings, broker_check=broker_check, reader=reader)
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +284,13 @@ def test_health_without_store_is_503(missing_client):
 
 def test_broker_probe_is_cached_and_never_raises():
     calls = []
+    settings = Settings().with_(bootstrap_servers="h:1")
 
-    def check(servers: str, timeout_s: float) -> bool:
-        calls.append(servers)
-        raise ImportError("no marketstream.broker yet")
+    def check(given: Settings, timeout_s: float) -> bool:
+        calls.append(given.bootstrap_servers)
+        raise OSError("the check itself failed")
 
-    probe = BrokerProbe("h:1", check, ttl_s=60)
+    probe = BrokerProbe(settings, check, ttl_s=60)
     assert [probe.reachable() for _ in range(20)] == [False] * 20
     assert calls == ["h:1"]
 
@@ -287,6 +300,67 @@ def test_broker_unreachable_keeps_status_ok(db, tmp_path):
     body = get_json(client, "/health")
     assert body["status"] == "ok"
     assert body["broker"]["reachable"] is False
+
+
+PASSWORD = "pa55-Wörd_7f3c9e1d-never-print-me"
+SECURITY = {
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "sasl_plain_username": "marketstream-svc",
+    "sasl_plain_password": PASSWORD,
+    "ssl_cafile": "/etc/ssl/certs/cluster-ca.pem",
+}
+
+
+class RecordingAdmin:
+    """Stands in for KafkaAdminClient: records its options, reports one live broker."""
+
+    calls: ClassVar[list[dict[str, object]]] = []
+
+    def __init__(self, **config: object):
+        type(self).calls.append(config)
+
+    def describe_cluster(self) -> dict[str, object]:
+        return {"brokers": [{"node_id": 1}]}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections (the probe's fast path passes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def test_health_probes_the_broker_with_the_security_settings(db, tmp_path, listener):
+    """/health's broker probe is KafkaClients.reachable with the settings' SASL/SSL options,
+    each one an option kafka-python's admin client knows; the password is not echoed."""
+    settings = Settings().with_(
+        db_path=db,
+        log_path=tmp_path / "api.log",
+        bootstrap_servers=f"127.0.0.1:{listener}",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="marketstream-svc",
+        sasl_password=PASSWORD,
+        ssl_cafile="/etc/ssl/certs/cluster-ca.pem",
+    )
+    admin = type("Admin", (RecordingAdmin,), {"calls": []})
+    client = create_app(settings, clients=KafkaClients(admin_class=admin)).test_client()
+    response = client.get("/health")
+    body = orjson.loads(response.get_data())
+    assert body["broker"] == {"reachable": True, "bootstrap_servers": f"127.0.0.1:{listener}"}
+    assert PASSWORD not in response.get_data(as_text=True)
+    [config] = admin.calls
+    for key, value in SECURITY.items():
+        assert config[key] == value, key
+    assert config["bootstrap_servers"] == [f"127.0.0.1:{listener}"]
+    unknown = set(config) - set(KafkaAdminClient.DEFAULT_CONFIG)
+    assert not unknown, f"options kafka-python does not know: {unknown}"
 
 
 # --------------------------------------------------------------------------- errors
@@ -337,13 +411,15 @@ def test_not_found_and_wrong_method_are_json(client):
     assert "GET" in response.headers["Allow"]
 
 
-def test_unexpected_failure_is_a_short_json_500(client, monkeypatch):
-    def boom(path):
+def test_unexpected_failure_is_a_short_json_500(db, tmp_path):
+    def boom(path: Path):
         raise KeyError("secret detail")
 
-    monkeypatch.setattr(store, "market_metrics", boom)
+    client = app_for(db, tmp_path, reader=StoreReader(market_metrics=boom)).test_client()
     body = get_json(client, "/metrics", 500)
     assert body == {"error": "internal error (KeyError); see the log"}
+    (entry,) = [e for e in read_log(tmp_path / "api.log") if e.get("path") == "/metrics"]
+    assert "secret detail" in str(entry)  # the detail goes to the log, not to the client
 
 
 # --------------------------------------------------------------------------- OpenAPI, index
@@ -451,7 +527,7 @@ def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
 
 @pytest.mark.integration
 def test_health_sees_a_real_broker(kafka, db, tmp_path):
-    """The default probe (marketstream.broker.is_reachable) against the session's real broker."""
+    """The default probe (KafkaClients.reachable) against the session's real broker."""
     app = create_app(kafka.with_(db_path=db, log_path=tmp_path / "api.log"))
     body = get_json(app.test_client(), "/health")
     assert body["broker"] == {"reachable": True, "bootstrap_servers": kafka.bootstrap_servers}

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 
 from marketstream.settings import Settings
-from marketstream.store import INGEST_WINDOW_S, TICK_BATCH_SCHEMA, TickWriter
+from marketstream.store import INGEST_WINDOW_S, TICK_BATCH_SCHEMA, TickWriter, signature
 from marketstream.ticks import generate_ticks
 from marketstream_api.app import create_app
-from marketstream_api.cache import ReadCache, store_signature
+from marketstream_api.cache import ReadCache
 
 
 def write_ticks(db: Path, symbols: tuple[str, ...], n: int, seed: int, offset0: int = 0) -> None:
@@ -40,13 +40,13 @@ def write_ticks(db: Path, symbols: tuple[str, ...], n: int, seed: int, offset0: 
 
 def test_signature_changes_with_every_committed_write(tmp_path):
     db = tmp_path / "s.duckdb"
-    assert store_signature(db) == (0, 0, 0, 0)
+    assert signature(db) == (0, 0, 0, 0)
     write_ticks(db, ("A",), 5, seed=1)
-    first = store_signature(db)
+    first = signature(db)
     assert first != (0, 0, 0, 0)
-    assert store_signature(db) == first  # reading does not change it
+    assert signature(db) == first  # reading does not change it
     write_ticks(db, ("B",), 5, seed=2)
-    assert store_signature(db) != first
+    assert signature(db) != first
 
 
 def test_unchanged_store_computes_once_and_a_write_recomputes(tmp_path):
@@ -134,7 +134,7 @@ def test_api_answers_follow_the_store_through_the_cache(tmp_path):
     settings = Settings().with_(
         db_path=db, log_path=tmp_path / "api.log", api_cache_s=0.0, api_stale_s=0.0
     )
-    client = create_app(settings, broker_check=lambda servers, timeout: False).test_client()
+    client = create_app(settings, broker_check=lambda settings, timeout_s: False).test_client()
     metrics = orjson.loads(client.get("/metrics").get_data())
     assert [(m["symbol"], m["tickcount"]) for m in metrics] == [("SP500", 10)]
     live = orjson.loads(client.get("/live").get_data())
@@ -233,7 +233,7 @@ def test_replayed_responses_equal_flasks_and_errors_are_never_replayed(tmp_path)
     db = tmp_path / "replay.duckdb"
     write_ticks(db, ("SP500", "NIKKEI225"), 20, seed=3)
     settings = Settings().with_(db_path=db, log_path=tmp_path / "api.log", api_cache_s=60.0)
-    app = create_app(settings, broker_check=lambda servers, timeout: False)
+    app = create_app(settings, broker_check=lambda settings, timeout_s: False)
     cache = app.extensions["marketstream_read_cache"]
     client = app.test_client()
     for path in ("/metrics", "/live?limit=5", "/candles?symbol=SP500&interval=5s"):
@@ -262,7 +262,7 @@ def test_runs_is_kept_but_its_freshness_is_taken_at_answer_time(tmp_path):
     settings = Settings().with_(
         db_path=db, log_path=tmp_path / "api.log", api_cache_s=60.0, api_stale_s=0.0
     )
-    app = create_app(settings, broker_check=lambda servers, timeout: False)
+    app = create_app(settings, broker_check=lambda settings, timeout_s: False)
     cache = app.extensions["marketstream_read_cache"]
     client = app.test_client()
     first = orjson.loads(client.get("/runs").get_data())["health"]

@@ -154,7 +154,7 @@ def missing_db(tmp_path_factory) -> Path:
 
 def make_app(db: Path, log_dir: Path):
     settings = Settings().with_(db_path=db, log_path=log_dir / "api.log")
-    return create_app(settings, broker_check=lambda servers, timeout: False)
+    return create_app(settings, broker_check=lambda settings, timeout_s: False)
 
 
 @pytest.fixture(scope="module")

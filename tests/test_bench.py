@@ -8,8 +8,8 @@
   decoder accepts, with the same values, and give the same dead-letter
   reasons: checked on hand-picked edge cases and on thousands of random
   mutations of valid messages.
-* The producer's fast encoding and key-caching partitioner must give exactly
-  the bytes and partitions of the plain path.
+* The producer's fast timestamp format and key-caching partitioner must give
+  exactly the text and partitions of the plain path.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -25,13 +26,12 @@ import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.admin import KafkaAdminClient
 from kafka.partitioner import DefaultPartitioner
 
 from marketstream.bench import REQUIRED_KEYS, Plan, percentile, run_bench
-from marketstream.consume import MAX_MESSAGE_BYTES, decode_records
-from marketstream.produce import KeyCachingPartitioner, wire_message
-from marketstream.ticks import Tick, TickError, generate_ticks, tick_from_message
+from marketstream.clients import DEFAULT_CLIENTS, KeyCachingPartitioner
+from marketstream.decode import MAX_MESSAGE_BYTES, decode_records
+from marketstream.ticks import TickError, format_timestamp, generate_ticks, tick_from_message
 
 Record = namedtuple("Record", "topic partition offset key value")
 
@@ -40,21 +40,14 @@ Record = namedtuple("Record", "topic partition offset key value")
 
 @pytest.mark.integration
 @pytest.mark.parametrize("generator", ["wrk", "python"])
-def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path, monkeypatch, generator):
-    """Both API load generators: wrk when installed (.ci/run installs it), else Python's."""
-    import marketstream.bench as bench
-
-    real_which = bench.shutil.which
-    if generator == "wrk" and real_which("wrk") is None:
+def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path, generator):
+    """Both API load generators: wrk when installed (.ci/run installs it), and Python's."""
+    if generator == "wrk" and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk)")
-    if generator == "python":
-        monkeypatch.setattr(
-            bench.shutil, "which", lambda name, *a, **k: None if name == "wrk" else real_which(name)
-        )
     output = tmp_path / "bench" / "latest.json"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
-    assert run_bench(kafka, 5_000, str(output), progress=False) == 0
+    assert run_bench(kafka, 5_000, str(output), progress=False, load_generator=generator) == 0
 
     result = json.loads(output.read_text())
     for key in REQUIRED_KEYS:
@@ -75,7 +68,7 @@ def test_bench_smoke_writes_every_figure_and_the_chart(kafka, tmp_path, monkeypa
     assert result["chart"]["html"] == str(tmp_path / "bench" / "latest.html")
 
     # nothing left behind: the bench's topics and worker processes are gone
-    admin = KafkaAdminClient(**kafka.kafka_client_config())
+    admin = DEFAULT_CLIENTS.admin(kafka)
     try:
         assert not [t for t in admin.list_topics() if t.startswith("marketstream-bench-")]
     finally:
@@ -235,14 +228,11 @@ timestamps = st.datetimes(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    ts=timestamps,
-    price=st.floats(min_value=1e-9, max_value=1e18, allow_nan=False),
-    volume=st.integers(min_value=0, max_value=2**62),
-)
-def test_wire_message_is_exactly_to_message(ts, price, volume):
-    tick = Tick(ts, "SP500", price, volume)
-    assert wire_message(tick) == tick.to_message()
+@given(ts=timestamps)
+def test_format_timestamp_fast_path_is_exactly_the_strftime_text(ts):
+    """``isoformat`` for UTC and naive times from year 1000 on, strftime's text always."""
+    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)  # naive: taken as UTC
+    assert format_timestamp(ts) == aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Cluster:

@@ -1,22 +1,32 @@
 """The local Kafka runner: pure parts (properties, ids, parsing, messages) without Java,
-and one integration test that starts a real KRaft broker, round-trips a message and
-proves that no JVM is left behind."""
+the jar fetch with stand-in ``java``/``mvn`` scripts, the decisions of
+:func:`owned_broker` (when the kit may start a broker, when it stops it), and
+integration tests that start real KRaft brokers, round-trip a message and prove
+that no JVM is left behind."""
 
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import socket
+import stat
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 # isort: split
 from marketstream import broker
-from marketstream.broker import BrokerError, BrokerStatus
+from marketstream.addresses import split_host_port
+from marketstream.broker import BrokerError, BrokerStatus, jars
+from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
+from marketstream.errors import KafkaUnavailable, SettingsError
+from marketstream.processes import free_port
 from marketstream.settings import Settings
 
 needs_java_and_maven = pytest.mark.skipif(
@@ -96,12 +106,12 @@ def test_parse_properties_handles_comments_and_separators() -> None:
     ],
 )
 def test_split_host_port(server: str, expected: tuple[str, int]) -> None:
-    assert broker.split_host_port(server) == expected
+    assert split_host_port(server) == expected
 
 
 def test_split_host_port_rejects_a_bad_port() -> None:
-    with pytest.raises(BrokerError, match="host:port"):
-        broker.split_host_port("localhost:kafka")
+    with pytest.raises(SettingsError, match="host:port"):
+        split_host_port("localhost:kafka")
 
 
 MAVEN_LIST = """
@@ -125,7 +135,7 @@ def test_log_binding_matches_the_slf4j_generation() -> None:
     assert broker.choose_log_binding(deps) == ("log4j-slf4j-impl", "2.25.5")
     deps["org.slf4j:slf4j-api"] = "2.0.17"
     assert broker.choose_log_binding(deps) == ("log4j-slf4j2-impl", "2.25.5")
-    assert broker.choose_log_binding({}) == ("log4j-slf4j2-impl", broker.FALLBACK_LOG4J_VERSION)
+    assert broker.choose_log_binding({}) == ("log4j-slf4j2-impl", jars.FALLBACK_LOG4J_VERSION)
 
 
 def test_log4j2_config_writes_to_the_given_file(tmp_path: Path) -> None:
@@ -189,29 +199,32 @@ def test_status_lines() -> None:
 
 
 def test_free_port_is_bindable() -> None:
-    port = broker.free_port()
+    port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
 
 
+def _plain(port: int, **overrides: Any) -> Settings:
+    return Settings().with_(bootstrap_servers=f"127.0.0.1:{port}", **overrides)
+
+
 def test_nothing_listening_is_not_reachable() -> None:
-    assert not broker.is_reachable(f"127.0.0.1:{broker.free_port()}", timeout_s=1)
+    assert not DEFAULT_CLIENTS.reachable(_plain(free_port()), timeout_s=1)
 
 
 # --------------------------------------------------------------------------- failures
 
 
-def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker.shutil, "which", lambda _name: None)
+def test_missing_java_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match="openjdk-17-jre-headless"):
-        broker.find_java()
+        broker.find_java(search_path=str(tmp_path))  # an empty dir as PATH
 
 
-def test_missing_maven_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(broker.shutil, "which", lambda _name: None)
-    settings = Settings().with_(kafka_home=tmp_path)
+def test_missing_maven_names_the_fix(tmp_path: Path) -> None:
+    settings = Settings().with_(kafka_home=tmp_path / "home")
     with pytest.raises(BrokerError, match="install Maven"):
-        broker.fetch_kafka(settings)
+        broker.fetch_kafka(settings, search_path=str(tmp_path))
+    assert not broker.libs_dir(settings).exists()
 
 
 def test_a_bad_version_string_never_reaches_maven(tmp_path: Path) -> None:
@@ -225,7 +238,7 @@ def test_port_taken_by_something_else(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        settings = Settings().with_(bootstrap_servers=f"127.0.0.1:{port}", kafka_home=tmp_path)
+        settings = _plain(port, kafka_home=tmp_path)
         with pytest.raises(BrokerError) as caught:
             broker.start_broker(settings, run_dir=tmp_path / "run")
     message = str(caught.value)
@@ -235,10 +248,167 @@ def test_port_taken_by_something_else(tmp_path: Path) -> None:
 
 
 def test_stop_without_a_broker_is_a_no_op(tmp_path: Path) -> None:
-    settings = Settings().with_(bootstrap_servers=f"127.0.0.1:{broker.free_port()}")
+    settings = _plain(free_port())
     assert broker.stop_broker(settings, run_dir=tmp_path) is False
     status = broker.broker_status(settings, run_dir=tmp_path / "nowhere")
     assert (status.reachable, status.managed, status.run_dir) == (False, False, None)
+
+
+# --------------------------------------------------------------------------- jar fetch
+
+
+def _script(path: Path, text: str) -> None:
+    path.write_text("#!/bin/sh\n" + text, encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+#: Stands in for ``mvn``: answers the two goals fetch_kafka runs, as Maven would.
+FAKE_MVN = """
+for a in "$@"; do
+  case "$a" in
+    dependency:*) goal=$a ;;
+    -DoutputFile=*) out=${a#-DoutputFile=} ;;
+    -DoutputDirectory=*) dir=${a#-DoutputDirectory=} ;;
+    -Dkafka.version=*) version=${a#-Dkafka.version=} ;;
+  esac
+done
+case "$goal" in
+  dependency:list) printf '   org.slf4j:slf4j-api:jar:2.0.17:runtime\n' > "$out" ;;
+  dependency:copy-dependencies)
+    mkdir -p "$dir" && head -c 3000000 /dev/zero > "$dir/kafka_2.13-$version.jar" ;;
+esac
+"""
+
+
+def _fake_tools(tmp_path: Path, java_version: str = "17.0.15") -> str:
+    """A directory with stand-in ``java`` and ``mvn``; returned as a search path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "java", f"echo 'openjdk version \"{java_version}\" 2025-04-15' >&2\n")
+    _script(bin_dir / "mvn", FAKE_MVN)
+    return str(bin_dir)
+
+
+def test_an_old_java_names_the_version_needed(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="is Java 11 but Kafka 4 needs Java 17"):
+        broker.find_java(search_path=_fake_tools(tmp_path, "11.0.2"))
+
+
+def test_fetch_reports_progress_through_say_and_runs_once(tmp_path: Path) -> None:
+    settings = Settings().with_(kafka_home=tmp_path / "home")
+    tools = _fake_tools(tmp_path)
+    heard: list[str] = []
+    libs = broker.fetch_kafka(settings, say=heard.append, search_path=tools)
+    assert libs == broker.libs_dir(settings)
+    version = settings.kafka_version
+    assert (libs / f"kafka_2.13-{version}.jar").is_file()
+    marker = (libs / jars.MARKER).read_text(encoding="utf-8")
+    assert marker == f"kafka {version}\nlog4j-slf4j2-impl {jars.FALLBACK_LOG4J_VERSION}\n"
+    assert heard[0] == f"fetching Kafka {version} jars with Maven (once)..."
+    assert heard[1].startswith(f"fetched Kafka {version} jars in ")
+    assert heard[1].endswith(f" s (3 MB) into {libs}")
+    assert len(heard) == 2
+    # the marker says the copy is complete: no second download, no second line
+    assert broker.fetch_kafka(settings, say=heard.append, search_path=tools) == libs
+    assert len(heard) == 2
+
+
+def test_fetch_without_say_logs_at_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings().with_(kafka_home=tmp_path / "home")
+    with caplog.at_level(logging.INFO, logger="marketstream.broker"):
+        broker.fetch_kafka(settings, search_path=_fake_tools(tmp_path))
+    lines = [r.getMessage() for r in caplog.records if r.name == "marketstream.broker.jars"]
+    assert lines[0].startswith("fetching Kafka") and lines[1].startswith("fetched Kafka")
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- owned_broker
+
+
+class _AnsweringAdmin:
+    """Stands in for KafkaAdminClient: a broker that answers every metadata request."""
+
+    def __init__(self, **_config: object) -> None:
+        pass
+
+    def describe_cluster(self) -> dict[str, object]:
+        return {"brokers": [{"node_id": 1}]}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def squatter() -> Iterator[int]:
+    """A port on 127.0.0.1 where a plain TCP server accepts connections but speaks no Kafka."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_free_local_port_may_get_a_broker() -> None:
+    assert broker.local_start_refusal(_plain(free_port())) is None
+
+
+def test_secured_settings_never_get_a_local_broker(tmp_path: Path) -> None:
+    settings = _plain(
+        free_port(),
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="alice",
+        sasl_password="s3cret",
+    )
+    run_dir = tmp_path / "run"
+    with (
+        pytest.raises(KafkaUnavailable, match="only when no security is configured") as caught,
+        broker.owned_broker(settings, run_dir=run_dir),
+    ):
+        pytest.fail("owned_broker must not run the block")
+    assert f"no Kafka broker answers at {settings.bootstrap_servers}" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert not run_dir.exists()
+    with pytest.raises(KafkaUnavailable, match="no security"):
+        broker.ensure_broker(settings, run_dir=run_dir)
+    assert not run_dir.exists()
+
+
+def test_a_remote_host_never_gets_a_local_broker(tmp_path: Path) -> None:
+    settings = Settings().with_(bootstrap_servers="kafka.invalid:9092")
+    run_dir = tmp_path / "run"
+    with pytest.raises(KafkaUnavailable) as caught, broker.owned_broker(settings, run_dir=run_dir):
+        pytest.fail("owned_broker must not run the block")
+    message = str(caught.value)
+    assert "no Kafka broker answers at kafka.invalid:9092" in message
+    assert "kafka.invalid is not this machine" in message
+    assert not run_dir.exists()
+
+
+def test_a_port_that_speaks_no_kafka_is_named(squatter: int, tmp_path: Path) -> None:
+    settings = _plain(squatter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KafkaUnavailable) as caught, broker.owned_broker(settings, run_dir=run_dir):
+        pytest.fail("owned_broker must not run the block")
+    message = str(caught.value)
+    assert message.startswith(
+        f"something listens at 127.0.0.1:{squatter} but does not answer as a PLAINTEXT "
+        "Kafka broker; set KAFKA_BOOTSTRAP_SERVERS=localhost:"
+    )
+    assert "\n" not in message
+    assert not run_dir.exists()
+
+
+def test_an_answering_broker_is_used_and_left_alone(squatter: int, tmp_path: Path) -> None:
+    clients = KafkaClients(admin_class=_AnsweringAdmin)
+    heard: list[str] = []
+    run_dir = tmp_path / "run"
+    settings = _plain(squatter)
+    with broker.owned_broker(settings, say=heard.append, run_dir=run_dir, clients=clients) as got:
+        assert got.started is False
+        assert got.status.reachable and not got.status.managed
+    assert heard == []
+    assert not run_dir.exists()
+    assert broker.ensure_broker(settings, run_dir=run_dir, clients=clients).reachable
 
 
 @pytest.mark.integration
@@ -273,7 +443,7 @@ def test_temporary_broker_round_trip_and_clean_stop(tmp_path: Path) -> None:
 
     topic = f"broker-test-{uuid.uuid4().hex[:8]}"
     with broker.temporary_broker(Settings.from_env(), tmp_path) as settings:
-        host, port = settings.bootstrap_host_port
+        port = settings.bootstrap_host_port[1]
         run_dir = (tmp_path / f"kafka-{port}").resolve()
         status = broker.broker_status(settings, run_dir=run_dir)
         assert status.reachable and status.managed and status.pid
@@ -304,7 +474,43 @@ def test_temporary_broker_round_trip_and_clean_stop(tmp_path: Path) -> None:
             consumer.close()
         assert received == [(b"SP500", b'{"price": 1.0}')]
 
-    assert not broker.is_reachable(f"{host}:{port}", timeout_s=1)
+    assert not DEFAULT_CLIENTS.reachable(settings, timeout_s=1)
     assert broker.running_broker_pids(run_dir) == []
     assert _jvms_mentioning(run_dir) == []
     assert not (run_dir / "broker.pid").exists()
+
+
+@pytest.mark.integration
+@needs_java_and_maven
+def test_owned_broker_leaves_a_running_broker_alone(kafka: Settings) -> None:
+    heard: list[str] = []
+    with broker.owned_broker(kafka, say=heard.append) as owned:
+        assert owned.started is False
+        assert owned.status.reachable
+    assert heard == []
+    assert DEFAULT_CLIENTS.reachable(kafka)
+
+
+class _BlockFailed(Exception):
+    pass
+
+
+@pytest.mark.integration
+@needs_java_and_maven
+def test_owned_broker_starts_one_and_stops_it_after_the_block(tmp_path: Path) -> None:
+    settings = Settings.from_env().with_(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    run_dir = (tmp_path / "run").resolve()
+    heard: list[str] = []
+    with (
+        pytest.raises(_BlockFailed),
+        broker.owned_broker(settings, say=heard.append, run_dir=run_dir) as owned,
+    ):
+        assert owned.started is True
+        assert owned.status.reachable and owned.status.managed
+        assert owned.status.run_dir == run_dir
+        assert broker.running_broker_pids(run_dir) == [owned.status.pid]
+        raise _BlockFailed  # a failing block still stops the broker it got
+    assert heard[0] == f"no Kafka broker at {settings.bootstrap_servers}: starting a local one"
+    assert broker.running_broker_pids(run_dir) == []
+    assert _jvms_mentioning(run_dir) == []
+    assert not DEFAULT_CLIENTS.reachable(settings, timeout_s=1)

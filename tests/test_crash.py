@@ -5,18 +5,16 @@ zero duplicate Kafka coordinates in DuckDB:
 
 * the consumer process is SIGKILLed four times during a 120,000-tick run and
   restarted each time: twice from outside at a random moment, once inside its
-  DuckDB transaction and once between the DuckDB commit and the Kafka commit;
+  DuckDB transaction and once between the DuckDB commit and the Kafka commit
+  (those two through the consumer's own hooks: tests/support/crash_consumer.py);
 * the broker is stopped (cleanly, then with SIGKILL) and restarted while a
   producer and a consumer are running;
 * the consumer is stopped with SIGTERM, then SIGINT (Ctrl-C): it finishes the
   batch in hand, commits, writes its ``pipeline_metrics`` row, and a restart
   resumes exactly where it stopped.
 
-Plus a small run of the soak harness (:mod:`marketstream.soak`), whose 1,000,000-tick
-run shows the consumer's memory does not grow with the number of ticks.
-
-The consumer always runs as a separate process through the real CLI
-(``marketstream consume``), so signals, the DuckDB write-ahead log and the
+The consumer always runs as a separate process (the real CLI, ``marketstream
+consume``, or the crash consumer), so signals, the DuckDB write-ahead log and the
 consumer-group protocol behave as in production. While it holds the DuckDB file
 its progress is read from the consumer group's committed offsets.
 """
@@ -40,117 +38,38 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from marketstream import broker, store
-from marketstream.produce import ensure_topic, make_producer, produce_ticks
+from marketstream.clients import DEFAULT_CLIENTS, connection_config
+from marketstream.errors import KafkaUnavailable
+from marketstream.processes import child_env, free_port
+from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.settings import Settings
-from marketstream.soak import CHECKPOINTS, _rss, run_soak
 from marketstream.ticks import Tick, generate_ticks
 
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225", "FTSE100")
 
-#: Runs the real CLI, with a shorter consumer-group session timeout. kafka-python's
-#: default (45 s) is how long the broker waits before it gives a SIGKILLed member's
-#: partitions to its replacement; 6 s (the broker's minimum) keeps repeated kills fast.
-#: A clean stop (SIGTERM, Ctrl-C) leaves the group at once and needs no such wait.
-#:
-#: ``CRASH_AT=<where>:<n>`` makes the process SIGKILL itself at an exact point of its
-#: n-th batch, the two windows a timed kill rarely hits: ``duckdb-commit`` (rows
-#: inserted, DuckDB transaction not yet committed; the row counts seen inside and
-#: outside that transaction are written to ``CRASH_NOTE`` first) and ``kafka-commit``
-#: (DuckDB committed, Kafka offsets not yet committed).
-CONSUMER_WRAPPER = """
-import contextlib, functools, os, signal, sys
-import marketstream.consume as consume
-from marketstream import store
-from kafka import KafkaConsumer
-
-consume.make_consumer = functools.partial(
-    consume.make_consumer, session_timeout_ms=6000, heartbeat_interval_ms=1000
-)
-where, _, nth = os.environ.get("CRASH_AT", "").partition(":")
-calls = []
-
-def crash_on_nth():
-    calls.append(1)
-    if len(calls) == int(nth):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-if where == "kafka-commit":
-    kafka_commit = KafkaConsumer.commit
-
-    def commit(self, *args, **kwargs):
-        crash_on_nth()
-        return kafka_commit(self, *args, **kwargs)
-
-    KafkaConsumer.commit = commit
-elif where == "duckdb-commit":
-    connection = store.TickWriter._connection
-
-    class Connection:
-        def __init__(self, con):
-            self._con = con
-
-        def execute(self, sql, *args):
-            if sql == "COMMIT" and len(calls) + 1 == int(nth):
-                # note what this transaction sees and what a separate connection
-                # (committed data only) sees, then die before committing
-                count = "SELECT count(*) FROM market_ticks"
-                inside = self._con.execute(count).fetchall()[0][0]
-                outside = self._con.cursor().execute(count).fetchall()[0][0]
-                with open(os.environ["CRASH_NOTE"], "w") as note:
-                    note.write(f"{inside} {outside}")
-            if sql == "COMMIT":
-                crash_on_nth()
-            return self._con.execute(sql, *args)
-
-        def __getattr__(self, name):
-            return getattr(self._con, name)
-
-    @contextlib.contextmanager
-    def wrapped(self):
-        with connection(self) as con:
-            yield Connection(con)
-
-    store.TickWriter._connection = wrapped
-
-from marketstream.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+#: The consumer with a fault at a named step of its checkpoint (see its docstring).
+CRASH_CONSUMER = Path(__file__).parent / "support" / "crash_consumer.py"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def consumer_env(settings: Settings, batch_size: int, crash_at: str = "") -> dict[str, str]:
-    """The environment a user would export to point ``marketstream consume`` at settings."""
-    return {
-        **os.environ,
-        "CRASH_AT": crash_at,
-        "CRASH_NOTE": str(settings.db_path.parent / "crash-note.txt"),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "KAFKA_TOPIC": settings.topic,
-        "KAFKA_CONSUMER_GROUP": settings.consumer_group,
-        "MARKET_DB_PATH": str(settings.db_path),
-        "MARKET_LOG_PATH": str(settings.log_path),
-        "MARKET_BATCH_SIZE": str(batch_size),
-        "MARKET_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def start_consumer(
     settings: Settings, *, batch_size: int = 5000, wrapped: bool = False, crash_at: str = ""
 ) -> subprocess.Popen[str]:
-    """``marketstream consume -q`` as a child process (output captured); ``wrapped``
-    runs it through :data:`CONSUMER_WRAPPER` (short session timeout, ``crash_at``)."""
+    """A consumer child process (output captured), its settings in its environment as a
+    user would export them: ``marketstream consume -q``, or with ``wrapped`` the
+    :data:`CRASH_CONSUMER` (short session timeout, ``crash_at``)."""
     if wrapped:
-        cmd = [sys.executable, "-c", CONSUMER_WRAPPER, "consume", "-q"]
+        cmd = [sys.executable, str(CRASH_CONSUMER)]
     else:
         cmd = [sys.executable, "-m", "marketstream.cli", "consume", "-q"]
+    extra = {"CRASH_AT": crash_at, "CRASH_NOTE": str(settings.db_path.parent / "crash-note.txt")}
     return subprocess.Popen(
         cmd,
-        env=consumer_env(settings, batch_size, crash_at),
+        env=child_env(settings.with_(batch_size=batch_size), extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -187,7 +106,7 @@ def committed_offsets(admin: KafkaAdminClient, settings: Settings) -> dict[int, 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
     """The topic's end offset per partition (= messages in it: nothing is ever deleted)."""
-    consumer = KafkaConsumer(**settings.kafka_client_config())
+    consumer = KafkaConsumer(**connection_config(settings))
     try:
         tps = [
             TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic)
@@ -299,10 +218,10 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
 
     rng = random.Random(20250106)
     note = settings.db_path.parent / "crash-note.txt"
-    admin = KafkaAdminClient(**settings.kafka_client_config())
+    admin = DEFAULT_CLIENTS.admin(settings)
     history: list[dict[str, object]] = []
     try:
-        for how in ("outside", "duckdb-commit:3", "outside", "kafka-commit:3"):
+        for how in ("outside", "store-commit:3", "outside", "kafka-commit:3"):
             start = sum(committed_offsets(admin, settings).values())
             if how == "outside":
                 proc = start_consumer(settings, wrapped=True)
@@ -326,7 +245,7 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
             assert_committed_is_stored(settings.db_path, committed)
             ahead = rows - sum(committed.values())
             assert ahead >= 0
-            if how.startswith("duckdb-commit"):
+            if how.startswith("store-commit"):
                 # the transaction that died had rows; recovery dropped exactly them and
                 # kept every earlier commit
                 inside, outside = map(int, note.read_text().split())
@@ -375,7 +294,7 @@ def test_sigterm_and_ctrl_c_finish_the_batch_commit_and_resume_exactly(fresh):
     summary = produce_ticks(ticks, fresh, progress=False)
     assert (summary.sent, summary.failed) == (total, 0)
 
-    admin = KafkaAdminClient(**fresh.kafka_client_config())
+    admin = DEFAULT_CLIENTS.admin(fresh)
     done = 0
     stops: list[tuple[str, int]] = []
     try:
@@ -453,7 +372,7 @@ class Producer(threading.Thread):
 
     def run(self) -> None:
         # delivery_timeout_ms bounds how long one send may wait for the broker to return
-        producer = make_producer(self.settings, delivery_timeout_ms=60_000)
+        producer = DEFAULT_CLIENTS.producer(self.settings, delivery_timeout_ms=60_000)
         try:
             for start in range(0, len(self.ticks), self.chunk):
                 part = self.ticks[start : start + self.chunk]
@@ -482,7 +401,7 @@ def test_broker_stopped_and_killed_then_restarted_while_producing_and_consuming(
     the same port and data: the producer keeps sending (kafka-python retries until the
     delivery timeout), the consumer is restarted by the test whenever it exits, as a
     user's supervisor (systemd, Kubernetes) would; the end state is exact."""
-    port = broker.free_port()
+    port = free_port()
     run_dir = tmp_path / f"kafka-{port}"
     settings = Settings.from_env().with_(
         bootstrap_servers=f"127.0.0.1:{port}",
@@ -506,8 +425,8 @@ def test_broker_stopped_and_killed_then_restarted_while_producing_and_consuming(
 
         def progress() -> int:
             try:
-                admin = KafkaAdminClient(**settings.kafka_client_config())
-            except KafkaError:  # the broker is still coming back
+                admin = DEFAULT_CLIENTS.admin(settings)
+            except (KafkaError, KafkaUnavailable):  # the broker is still coming back
                 return 0
             try:
                 return sum(committed_offsets(admin, settings).values())
@@ -565,35 +484,3 @@ def test_broker_stopped_and_killed_then_restarted_while_producing_and_consuming(
     assert store_counts(settings.db_path) == (total, total, total)
     assert_store_equals(settings.db_path, ticks)
 
-
-# --------------------------------------------------------------------------- resource bounds
-
-
-def test_soak_harness_small_run_lands_every_tick_with_flat_memory(fresh):
-    """``python -m marketstream.soak --n 1000000`` on 60,000 ticks: every tick lands and
-    the consumer's RSS curve is reported (the 1M run is the real evidence)."""
-    report = run_soak(fresh, 60_000, own_names=False, progress=False, interval_s=0.1)
-    print("\n" + report.describe())
-    assert report.exit_code == 0
-    assert report.rows == 60_000
-    assert len(report.samples) >= 3
-    assert 0 < max(s.rss_bytes for s in report.samples) <= report.peak_rss_bytes
-    assert list(report.curve) == list(CHECKPOINTS)
-    # loose on purpose (a short run on a shared machine): the consumer keeps nothing of
-    # what it has written, so its memory at the end is nowhere near 3x that at 10%
-    assert report.growth is not None and report.growth < 3
-    assert not fresh.db_path.exists()  # the soak cleans up after itself
-
-
-def test_soak_sampler_reads_an_exited_consumer_as_no_sample():
-    """A consumer that exits between the sampler's checks is a zombie whose RSS reads 0;
-    that must not enter the curve as its memory at 100 % (it did, once, in CI)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    process = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 10
-    while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert process.status() == psutil.STATUS_ZOMBIE
-    assert _rss(process) is None
-    proc.wait()
-    assert _rss(psutil.Process()) > 0

@@ -22,6 +22,7 @@ from kafka import KafkaProducer, TopicPartition
 
 from helpers import Record
 from marketstream import store
+from marketstream.clients import connection_config
 from marketstream.consume import MAX_MESSAGE_BYTES, consume, decode_records
 from marketstream.produce import ensure_topic
 from marketstream.ticks import TickError, generate_ticks, tick_from_message
@@ -326,7 +327,7 @@ def test_mixed_stream_every_message_accounted_for(fresh):
 
     ensure_topic(fresh)
     producer = KafkaProducer(
-        **fresh.kafka_client_config(), acks="all", linger_ms=20, max_request_size=1 << 20
+        **connection_config(fresh), acks="all", linger_ms=20, max_request_size=1 << 20
     )
     try:
         futures = [(m, producer.send(fresh.topic, key=m.key, value=m.value)) for m in messages]

@@ -413,7 +413,7 @@ def test_dashboard_targets_match_api(tmp_path):
             )
         )
     settings = Settings().with_(db_path=db_path, log_path=tmp_path / "api.log")
-    client = create_app(settings, broker_check=lambda servers, timeout: False).test_client()
+    client = create_app(settings, broker_check=lambda settings, timeout_s: False).test_client()
 
     checked = 0
     for query, url in infinity_targets():

@@ -30,17 +30,15 @@ import pyarrow as pa
 import pytest
 
 from marketstream import store
-from marketstream.broker import free_port
-from marketstream.live import (
-    LIVE_NOTEBOOK,
-    MAX_BACKLOG_S,
+from marketstream.live import LIVE_NOTEBOOK, MAX_BACKLOG_S, tick_schedule
+from marketstream.livepage import LivePage, status_html
+from marketstream.processes import (
+    child_env,
+    free_port,
     port_open,
     process_family,
-    settings_env,
     stop_process_tree,
-    tick_schedule,
 )
-from marketstream.livepage import LivePage, status_html
 from marketstream.settings import Settings
 from marketstream.ticks import RandomWalk
 
@@ -94,7 +92,7 @@ def live_cli(settings: Settings, *args: str) -> Iterator[LiveProcess]:
     """
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "marketstream.cli", "live", "-q", *args],
-        env=settings_env(settings),
+        env=child_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -168,7 +166,7 @@ def recent_ticks_table(n_seconds: int, end: datetime) -> pa.Table:
 # --------------------------------------------------------------------------- unit
 
 
-def test_settings_env_rebuilds_the_same_settings(monkeypatch, tmp_path):
+def test_child_env_rebuilds_the_same_settings(monkeypatch, tmp_path):
     """Subprocesses (API, Voila) must see exactly the settings live mode runs with."""
     settings = Settings().with_(
         bootstrap_servers="127.0.0.1:19092",
@@ -180,7 +178,7 @@ def test_settings_env_rebuilds_the_same_settings(monkeypatch, tmp_path):
         voila_port=18866,
         sasl_password="s3cret",
     )
-    for name, value in settings_env(settings, base={}).items():
+    for name, value in child_env(settings, base={}).items():
         monkeypatch.setenv(name, value)
     assert Settings.from_env() == settings
 
@@ -214,7 +212,7 @@ def test_stop_process_tree_ends_grandchildren_too(tmp_path):
 def test_servers_die_with_a_killed_parent(tmp_path):
     """Even ``kill -9`` of live mode leaves no server: children carry a parent-death signal."""
     script = (
-        "import sys; from pathlib import Path; from marketstream.live import start_child; "
+        "import sys; from pathlib import Path; from marketstream.processes import start_child; "
         "c = start_child('sleeper', ['sleep', '60'], {}, Path(sys.argv[1]), 'x'); "
         "print(c.proc.pid, flush=True); import time; time.sleep(60)"
     )
@@ -285,7 +283,11 @@ def test_live_notebook_runs_headless_with_papermill(tmp_path):
     papermill.execute_notebook(
         str(LIVE_NOTEBOOK),
         str(out),
-        parameters={"db_path": str(db), "refresh_s": 0.2, "max_refreshes": 2},
+        parameters={
+            "settings_overrides": {"db_path": str(db)},
+            "refresh_s": 0.2,
+            "max_refreshes": 2,
+        },
         kernel_name="python3",
         progress_bar=False,
         execution_timeout=120,

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 
+import nbformat
 import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
 from marketstream import store
+from marketstream.clients import DEFAULT_CLIENTS, connection_config
 from marketstream.consume import consume
 from marketstream.logs import read_log
 from marketstream.pipeline import PIPELINE_NOTEBOOKS, run_pipeline
@@ -87,7 +89,7 @@ def test_bad_csv_rows_are_skipped_and_reported(fresh):
 
 def test_invalid_messages_are_counted_and_kept_as_dead_letters(fresh):
     _produce_sample(fresh)
-    producer = KafkaProducer(**fresh.kafka_client_config())
+    producer = KafkaProducer(**connection_config(fresh))
     bad = [
         b"not json",
         b'{"symbol": "SP500"}',
@@ -121,6 +123,45 @@ def test_papermill_pipeline_runs_all_notebooks_and_is_idempotent(fresh):
     fresh_run = run_pipeline(fresh, fresh=True, progress=False)
     assert fresh_run.rows == 150
     assert len(store.pipeline_runs(fresh.db_path)) == 1
+
+
+def test_notebooks_use_every_setting_the_caller_gives(fresh, monkeypatch):
+    """The pipeline's settings reach the notebooks whole: a caller's consumer group,
+    partitions, batch size and idle timeout win over contrary environment variables
+    that the notebook kernels inherit (they used to be replaced by them)."""
+    for name, value in {
+        "KAFKA_CONSUMER_GROUP": "from-the-environment",
+        "KAFKA_PARTITIONS": "1",
+        "MARKET_BATCH_SIZE": "5000",
+        "MARKET_IDLE_TIMEOUT_S": "9",
+    }.items():
+        monkeypatch.setenv(name, value)
+    wanted = fresh.with_(
+        consumer_group=f"{fresh.consumer_group}-nb",
+        partitions=5,
+        batch_size=7,
+        idle_timeout_s=2.5,
+    )
+    summary = run_pipeline(wanted, progress=False)
+    assert summary.rows == 150
+
+    admin = DEFAULT_CLIENTS.admin(wanted)
+    try:
+        [topic] = admin.describe_topics([wanted.topic])
+        assert len(topic["partitions"]) == 5
+        offsets = admin.list_group_offsets(wanted.consumer_group)[wanted.consumer_group]
+        assert sum(meta.offset for meta in offsets.values()) == 150
+        assert "from-the-environment" not in str(admin.list_groups())
+    finally:
+        admin.close()
+    # the consume notebook shows the settings it ran with
+    shown = "".join(
+        "".join(out.get("data", {}).get("text/plain", ""))
+        for cell in nbformat.read(summary.outputs[2], as_version=4).cells
+        for out in cell.get("outputs", [])
+    )
+    assert "batch_size=7," in shown and "idle_timeout_s=2.5," in shown
+    assert f"consumer_group='{wanted.consumer_group}'" in shown
 
 
 def test_notebooks_pass_nbval(fresh):

@@ -2,15 +2,18 @@
 creates (producer, consumer, admin, the broker probe), and the password never shows
 up in a repr, a log record, the JSON log or the CLI's output.
 
-No broker is needed: the kafka-python classes are replaced by recorders, and their
-keyword arguments are checked against kafka-python's own list of known options,
-so a misspelt option would fail here and not on a customer's cluster.
+No broker is needed: the kafka-python classes are replaced by recorders, handed to
+the code through its one client seam (:class:`marketstream.clients.KafkaClients`),
+and their keyword arguments are checked against kafka-python's own list of known
+options, so a misspelt option would fail here and not on a customer's cluster.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +21,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from marketstream import broker, cli, consume, produce
+from marketstream.clients import KafkaClients, connection_config
+from marketstream.errors import KafkaUnavailable
 from marketstream.logs import read_log
 from marketstream.settings import Settings
 
@@ -79,15 +84,27 @@ def recorder() -> type[Recorder]:
     return type("Recorded", (Recorder,), {"calls": []})
 
 
-def assert_secured(config: dict[str, object], known: dict[str, object]) -> None:
+@pytest.fixture
+def listener() -> Iterator[str]:
+    """A real TCP listener on 127.0.0.1 (it accepts, it does not speak Kafka): the
+    probe's TCP check passes, and the recorder stands in for the Kafka half."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+SERVERS = ["kafka-1.example.internal:9094", "kafka-2.example.internal:9094"]
+
+
+def assert_secured(
+    config: dict[str, object], known: dict[str, object], servers: list[str] = SERVERS
+) -> None:
     """The security options are there, with their values, and every option is one the
     real kafka-python class knows."""
     for key, value in SECURITY.items():
         assert config[key] == value, key
-    assert config["bootstrap_servers"] == [
-        "kafka-1.example.internal:9094",
-        "kafka-2.example.internal:9094",
-    ]
+    assert config["bootstrap_servers"] == servers
     unknown = set(config) - set(known)
     assert not unknown, f"options kafka-python does not know: {unknown}"
 
@@ -96,21 +113,18 @@ def assert_secured(config: dict[str, object], known: dict[str, object]) -> None:
 
 
 def test_settings_from_env_carry_sasl_and_ssl(secured: Settings) -> None:
-    assert_secured(secured.kafka_client_config(), SECURITY | {"bootstrap_servers": None})
+    assert_secured(connection_config(secured), SECURITY | {"bootstrap_servers": None})
 
 
 def test_plaintext_default_adds_no_security_options() -> None:
-    config = Settings().kafka_client_config()
+    config = connection_config(Settings())
     assert config["security_protocol"] == "PLAINTEXT"
     assert not {"sasl_mechanism", "sasl_plain_username", "sasl_plain_password"} & set(config)
 
 
-def test_producer_gets_security_and_delivery_settings(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_producer_gets_security_and_delivery_settings(secured: Settings) -> None:
     fake = recorder()
-    monkeypatch.setattr(produce, "KafkaProducer", fake)
-    produce.make_producer(secured)
+    KafkaClients(producer_class=fake).producer(secured)
     [config] = fake.calls
     assert_secured(config, KafkaProducer.DEFAULT_CONFIG)
     # the delivery guarantee's producer half: every replica acknowledges, no duplicates
@@ -122,12 +136,9 @@ def test_producer_gets_security_and_delivery_settings(
     assert KafkaProducer.DEFAULT_CONFIG["retries"] > 0
 
 
-def test_consumer_gets_security_and_manual_commits(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_consumer_gets_security_and_manual_commits(secured: Settings) -> None:
     fake = recorder()
-    monkeypatch.setattr(consume, "KafkaConsumer", fake)
-    consume.make_consumer(secured)
+    KafkaClients(consumer_class=fake).consumer(secured)
     [config] = fake.calls
     assert_secured(config, KafkaConsumer.DEFAULT_CONFIG)
     # the consumer half: offsets are committed by the kit after DuckDB commits, never
@@ -138,46 +149,23 @@ def test_consumer_gets_security_and_manual_commits(
 
 
 @pytest.mark.parametrize("action", [produce.ensure_topic, produce.delete_topic])
-def test_admin_clients_get_security(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch, action
-) -> None:
+def test_admin_clients_get_security(secured: Settings, action) -> None:
     fake = recorder()
-    monkeypatch.setattr(produce, "KafkaAdminClient", fake)
-    action(secured)
+    action(secured, clients=KafkaClients(admin_class=fake))
     [config] = fake.calls
     assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
 
 
-def test_broker_probe_with_settings_gets_security(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_broker_probe_with_settings_gets_security(secured: Settings, listener: str) -> None:
     """``marketstream broker status`` and start-up checks probe with the settings' security."""
-    import kafka
-
     fake = recorder()
-    monkeypatch.setattr(kafka, "KafkaAdminClient", fake)
-    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: True)
-    status = broker.broker_status(secured, run_dir=Path("/nonexistent/run"))
+    local = secured.with_(bootstrap_servers=f"{listener},{listener}")
+    status = broker.broker_status(
+        local, run_dir=Path("/nonexistent/run"), clients=KafkaClients(admin_class=fake)
+    )
     assert status.reachable
     [config] = fake.calls
-    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
-
-
-def test_api_health_probe_uses_the_security_settings(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import kafka
-
-    from marketstream_api.app import create_app
-
-    fake = recorder()
-    monkeypatch.setattr(kafka, "KafkaAdminClient", fake)
-    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: True)
-    client = create_app(secured).test_client()
-    body = client.get("/health").get_json()
-    assert body["broker"]["reachable"] is True
-    [config] = fake.calls
-    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
+    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG, [listener, listener])
 
 
 # --------------------------------------------------------------------------- secrets
@@ -190,9 +178,7 @@ def test_password_is_not_in_repr_or_str(secured: Settings) -> None:
     assert "marketstream-svc" in repr(secured)  # the user name is not a secret
 
 
-def test_password_is_not_in_the_json_log(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_password_is_not_in_the_json_log(secured: Settings) -> None:
     """A consumer run logs start, settings-derived fields and end; never the password."""
 
     class Empty(Recorder):
@@ -204,8 +190,8 @@ def test_password_is_not_in_the_json_log(
         def assignment(self) -> set:
             return set()
 
-    monkeypatch.setattr(consume, "KafkaConsumer", Empty)
-    run = consume.consume(secured, idle_timeout_s=0, progress=False)
+    clients = KafkaClients(consumer_class=Empty)
+    run = consume.consume(secured, idle_timeout_s=0, progress=False, clients=clients)
     assert run.messages_processed == 0
     assert Empty.calls[0]["sasl_plain_password"] == PASSWORD  # it did reach the client
     text = secured.log_path.read_text(encoding="utf-8")
@@ -215,9 +201,10 @@ def test_password_is_not_in_the_json_log(
 
 
 def test_password_is_not_in_cli_output(
-    secured: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    secured: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(broker, "_port_open", lambda host, port, timeout_s=1.0: False)
+    """The cluster's hosts do not resolve here, so nothing answers: the lines name the
+    servers and the missing CSV, never the password."""
     for argv in (["broker", "status"], ["produce", "-q"]):
         cli.main(argv)
     out, err = capsys.readouterr()
@@ -226,37 +213,37 @@ def test_password_is_not_in_cli_output(
     assert PASSWORD not in out + err
 
 
-def test_connection_errors_do_not_echo_the_password(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_connection_errors_do_not_echo_the_password(secured: Settings) -> None:
     """The one-line errors for an unreachable cluster name the servers, not the secret."""
     from kafka.errors import KafkaTimeoutError
 
     def unreachable(**config: object) -> None:
         raise KafkaTimeoutError("bootstrap timed out")
 
-    monkeypatch.setattr(produce, "KafkaProducer", unreachable)
-    monkeypatch.setattr(produce, "KafkaAdminClient", unreachable)
-    monkeypatch.setattr(consume, "KafkaConsumer", unreachable)
-    for call in (produce.make_producer, produce.ensure_topic, consume.make_consumer):
-        with pytest.raises((produce.ProduceError, consume.ConsumeError)) as caught:
+    clients = KafkaClients(unreachable, unreachable, unreachable)
+    for call in (
+        clients.producer,
+        clients.consumer,
+        functools.partial(produce.ensure_topic, clients=clients),
+    ):
+        with pytest.raises(KafkaUnavailable) as caught:
             call(secured)
         assert "kafka-1.example.internal:9094" in str(caught.value)
         assert PASSWORD not in str(caught.value)
 
 
 def test_password_is_not_logged_even_at_debug(
-    secured: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    secured: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With every logger at DEBUG (a user chasing a connection problem), creating the
     kit's real admin client against an unreachable cluster logs no password."""
     unreachable = secured.with_(bootstrap_servers="127.0.0.1:1")
-    monkeypatch.setattr(
-        produce, "KafkaAdminClient", functools.partial(KafkaAdminClient, bootstrap_timeout_ms=300)
+    clients = KafkaClients(
+        admin_class=functools.partial(KafkaAdminClient, bootstrap_timeout_ms=300)
     )
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(produce.ProduceError):
-        produce.ensure_topic(unreachable)
+    with pytest.raises(KafkaUnavailable):
+        produce.ensure_topic(unreachable, clients=clients)
     assert caplog.records, "DEBUG logging was not captured"
     leaked = [r.name for r in caplog.records if PASSWORD in r.getMessage()]
     assert not leaked, f"password logged by {leaked}"

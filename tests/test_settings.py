@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from marketstream.clients import connection_config
 from marketstream.settings import PROJECT_ROOT, Settings, SettingsError
 
 
@@ -25,7 +26,7 @@ def test_environment_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("MARKET_SYMBOLS", "AAA, BBB")
     monkeypatch.setenv("MARKET_DB_PATH", "rel/x.duckdb")
     s = Settings.from_env()
-    assert s.kafka_client_config()["bootstrap_servers"] == ["broker-a:9093", "broker-b:9093"]
+    assert connection_config(s)["bootstrap_servers"] == ["broker-a:9093", "broker-b:9093"]
     assert s.topic == "ticks"
     assert s.symbols == ("AAA", "BBB")
     assert s.db_path == PROJECT_ROOT / "rel" / "x.duckdb"
@@ -70,7 +71,7 @@ def test_security_settings_pass_through_and_password_is_hidden():
         sasl_password="s3cret",
         ssl_cafile="/etc/ca.pem",
     )
-    config = s.kafka_client_config()
+    config = connection_config(s)
     assert config["security_protocol"] == "SASL_SSL"
     assert config["sasl_plain_password"] == "s3cret"
     assert config["ssl_cafile"] == "/etc/ca.pem"

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import Record, batch_for
 from marketstream import store
-from marketstream.consume import decode_records
+from marketstream.decode import decode_records
 from marketstream.store import RunMetrics, StoreUnavailable, TickWriter
 from marketstream.ticks import generate_ticks
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from marketstream import store
-from marketstream.broker import free_port
+from marketstream.processes import free_port
 from marketstream.settings import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

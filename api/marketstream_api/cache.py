@@ -8,8 +8,8 @@ the live consumer for the file lock. Computing the same answer a hundred times
 a second made a 100-connection load take seconds per request and stalled the
 writer behind the readers.
 
-So an answer is kept with the store's *signature* (size and modification time
-of the DuckDB file and its WAL, one ``stat`` each): while the signature is
+So an answer is kept with the store's *signature* (:func:`marketstream.store.signature`:
+size and mtime of the DuckDB file and its WAL, one ``stat`` each): while it is
 unchanged the data is unchanged and the kept answer is exact. When the writer
 has committed since, the first request recomputes while concurrent requests
 for the same key get the previous answer at once (stale-while-revalidate), and
@@ -21,7 +21,6 @@ at most a few times a second per distinct question, whatever the load.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -30,25 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from marketstream import store
+from marketstream.store import Signature
+
 T = TypeVar("T")
-
-#: A store's state as ``stat`` sees it; equal signatures mean equal data.
-Signature = tuple[int, int, int, int]
-
-
-def _stat_pair(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return 0, 0
-    return st.st_size, st.st_mtime_ns
-
-
-def store_signature(db_path: Path | str) -> Signature:
-    """Size and mtime (ns) of the DuckDB file and of its write-ahead log (0, 0 if absent)."""
-    db = os.fspath(db_path)
-    return (*_stat_pair(db), *_stat_pair(db + ".wal"))
-
 
 #: The signature of a store that does not exist (yet, or any more).
 _NO_STORE: Signature = (0, 0, 0, 0)
@@ -94,7 +78,6 @@ class ReadCache:
         max_entries: int = 256,
     ):
         self.db_path = db_path
-        self._db = os.fspath(db_path)  # stat'ed on every request: no pathlib on that path
         self.min_age_s = min_age_s
         self.max_stale_s = max_stale_s
         self.max_entries = max_entries
@@ -114,7 +97,7 @@ class ReadCache:
         self.misses += 1
         # Sign before reading: a commit during the query then shows as a new
         # signature next time, so the answer is recomputed, never kept too long.
-        signature = store_signature(self._db)
+        signature = store.signature(self.db_path)
         value = compute()
         slot.entry = _Entry(signature, time.monotonic(), value)
         return value
@@ -130,7 +113,7 @@ class ReadCache:
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         """The answer for ``key``: kept, or computed by ``compute`` (exceptions propagate)."""
-        signature = store_signature(self._db)
+        signature = store.signature(self.db_path)
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -155,7 +138,7 @@ class ReadCache:
         else:
             slot.lock.acquire()  # the first answer: wait for whoever computes it
         try:
-            if self._usable(slot.entry, store_signature(self._db)):
+            if self._usable(slot.entry, store.signature(self.db_path)):
                 self.hits += 1
                 return slot.entry.value  # type: ignore[union-attr]  (computed while we waited)
             return self._compute_into(slot, compute)

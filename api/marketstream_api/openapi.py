@@ -3,6 +3,9 @@
 The bounds live here, not in the handlers, so the validation the app enforces
 and the limits a client reads from ``/openapi.json`` cannot drift apart: the
 app imports :data:`LIVE_LIMIT` & co. and the document is generated from them.
+Likewise for the answers: the ``Metric`` schema lists the store's
+:data:`~marketstream.store.METRIC_COLUMNS`, and the fields a schema declares
+integers are the ones the app writes as integers (:func:`integer_properties`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from marketstream.store import METRIC_COLUMNS
 from marketstream.ticks import SYMBOL_RE
 
 
@@ -47,6 +51,15 @@ _NULLABLE_NUMBER = {"type": ["number", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _TIME = {"type": "string", "format": "date-time", "example": "2025-01-06T14:30:00.000000Z"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+#: The JSON type of each ``market_metrics`` column (:data:`store.METRIC_COLUMNS`) that is
+#: not a price; prices are numbers, null for a symbol without ticks.
+_METRIC_TYPES: dict[str, dict[str, Any]] = {
+    "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
+    "tickcount": {"type": "integer"},
+    "totalvolume": _NULLABLE_INT,
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -94,14 +107,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Metric": {
         "type": "object",
-        "required": ["symbol", "tickcount", "avgprice", "maxprice", "minprice", "totalvolume"],
+        "required": list(METRIC_COLUMNS),
         "properties": {
-            "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
-            "tickcount": {"type": "integer"},
-            "avgprice": _NULLABLE_NUMBER,
-            "maxprice": _NULLABLE_NUMBER,
-            "minprice": _NULLABLE_NUMBER,
-            "totalvolume": _NULLABLE_INT,
+            **{column: _METRIC_TYPES.get(column, _NULLABLE_NUMBER) for column in METRIC_COLUMNS},
             "time": {**_TIME, "description": "event time of the symbol's last tick (UTC)"},
         },
     },
@@ -336,3 +344,18 @@ def build_spec(version: str) -> dict[str, Any]:
         "paths": _paths(),
         "components": {"schemas": copy.deepcopy(_SCHEMAS)},
     }
+
+
+def _types(prop: dict[str, Any]) -> list[str]:
+    kind = prop.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def integer_properties(schema: str) -> frozenset[str]:
+    """The properties the named response schema declares integers (nullable or not).
+
+    The app turns exactly these into ``int`` (DuckDB's ``sum(BIGINT)`` reaches
+    pandas as a float), so the document and the answers cannot disagree.
+    """
+    properties = _SCHEMAS[schema]["properties"]
+    return frozenset(name for name, prop in properties.items() if "integer" in _types(prop))

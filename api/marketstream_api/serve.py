@@ -20,25 +20,23 @@ workers, ~15-50 ms with one). ``--workers`` adds more where cores are spare.
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
-from marketstream.settings import Settings, SettingsError, settings_env
+from marketstream.addresses import connect_host, join_host_port
+from marketstream.processes import can_bind, free_port, is_local_address, port_open
+from marketstream.settings import Settings, SettingsError
 
 #: Worker processes: one, see above; one worker serves far more than Grafana asks.
 DEFAULT_WORKERS = 1
 #: Threads per worker running the app; DuckDB releases the GIL while it reads.
 DEFAULT_THREADS = 4
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def claim_port(host: str, port: int) -> int:
@@ -47,26 +45,27 @@ def claim_port(host: str, port: int) -> int:
     Granian binds in its own process; checking first turns a taken port into
     one clear line instead of a worker traceback.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        return int(sock.getsockname()[1])
+    if not is_local_address(host):
+        raise OSError(errno.EADDRNOTAVAIL, f"{host} is not an address of this machine")
+    if port == 0:
+        return free_port(host)
+    if not can_bind(host, port):
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+    return port
 
 
 def _announce_when_listening(host: str, port: int, line: str, timeout_s: float = 60.0) -> None:
     """Print ``line`` once a worker answers: callers (live mode, the benchmark,
     tests) read it as "ready", and granian's workers listen only after start-up."""
-    connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    target = connect_host(host)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((connect_host, port), timeout=0.5):
-                print(line, flush=True)
-                return
-        except OSError:
-            time.sleep(0.02)
-    print(f"error: the API did not start listening on {host}:{port}", file=sys.stderr, flush=True)
+        if port_open(target, port, timeout_s=0.5):
+            print(line, flush=True)
+            return
+        time.sleep(0.02)
+    where = join_host_port(host, port)
+    print(f"error: the API did not start listening on {where}", file=sys.stderr, flush=True)
 
 
 def serve(
@@ -79,8 +78,8 @@ def serve(
     port = claim_port(settings.api_host, settings.api_port)
     settings = settings.with_(api_port=port)
     # Workers build the app with Settings.from_env(): give them these very settings.
-    os.environ.update(settings_env(settings, base={}))
-    url = f"http://{_url_host(settings.api_host)}:{port}"
+    os.environ.update(settings.to_env())
+    url = f"http://{join_host_port(settings.api_host, port)}"
     # Workers are spawned, not forked: a fork while the announcing thread holds
     # an interpreter lock (imports, stdout) would leave the worker deadlocked.
     multiprocessing.set_start_method("spawn", force=True)
@@ -121,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         serve(settings, workers=args.workers, threads=args.threads)
     except OSError as exc:  # typically the port is taken
+        where = join_host_port(settings.api_host, settings.api_port)
         print(
-            f"error: cannot listen on {settings.api_host}:{settings.api_port}: {exc.strerror}; "
-            "set MARKET_API_PORT or pass --port",
+            f"error: cannot listen on {where}: {exc.strerror}; set MARKET_API_PORT or pass --port",
             file=sys.stderr,
         )
         return 1

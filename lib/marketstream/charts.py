@@ -11,6 +11,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from marketstream.store import METRIC_COLUMNS
+
 
 def price_lines(ticks: pd.DataFrame) -> go.Figure:
     """One price line per symbol; each on its own y-axis since index levels differ 70x."""
@@ -45,8 +47,7 @@ def volume_bars(ticks: pd.DataFrame, freq: str = "10s") -> go.Figure:
 
 def stats_table(metrics: pd.DataFrame) -> go.Figure:
     """The per-symbol statistics (the seed's "Market Metrics") as a table."""
-    columns = ["symbol", "tickcount", "avgprice", "minprice", "maxprice", "totalvolume"]
-    shown = metrics[[c for c in columns if c in metrics.columns]]
+    shown = metrics[[c for c in METRIC_COLUMNS if c in metrics.columns]]
     return go.Figure(
         go.Table(
             header={"values": list(shown.columns), "align": "left"},

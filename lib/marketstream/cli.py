@@ -13,7 +13,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from marketstream.settings import Settings, SettingsError
+from marketstream.errors import MarketstreamError
+from marketstream.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -49,7 +50,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "up":
-        status = broker.start_broker(settings)
+        status = broker.start_broker(settings, say=lambda line: print(line, file=sys.stderr))
     elif args.action == "down":
         stopped = broker.stop_broker(settings)
         print("broker stopped" if stopped else "no broker started by marketstream was running")
@@ -187,31 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's environment or input, not a bug: one line, no traceback."""
-    from marketstream.broker import BrokerError
-    from marketstream.consume import ConsumeError
-    from marketstream.pipeline import PipelineError
-    from marketstream.produce import ProduceError
-    from marketstream.store import StoreUnavailable
-
-    return (
-        SettingsError,
-        BrokerError,
-        ProduceError,
-        ConsumeError,
-        PipelineError,
-        StoreUnavailable,
-        FileNotFoundError,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except expected_errors() as exc:
+    except (MarketstreamError, FileNotFoundError) as exc:
         print(f"marketstream: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

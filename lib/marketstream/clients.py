@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaTimeoutError, NoBrokersAvailable
+from kafka.errors import KafkaTimeoutError
 from kafka.partitioner import DefaultPartitioner
 
 from marketstream.addresses import server_list
@@ -163,7 +163,7 @@ class KafkaClients:
     def _build(self, cls: Callable[..., Any], settings: Settings, config: dict) -> Any:
         try:
             return cls(**config)
-        except (KafkaTimeoutError, NoBrokersAvailable):
+        except KafkaTimeoutError:
             raise KafkaUnavailable(no_broker(settings)) from None
 
     def producer(self, settings: Settings, **overrides: object) -> Any:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NoBrokersAvailable
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 if TYPE_CHECKING:
     from marketstream.settings import Settings
 
 #: Errors that mean "the broker did not answer", whatever the operation was.
-_UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError, NoBrokersAvailable)
+_UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
 
 
 def describe(exc: KafkaError) -> str:

@@ -18,11 +18,7 @@ Why the pieces run where they do (2 cores, one GIL):
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
-import socket
-import subprocess
+import logging
 import sys
 import threading
 import time
@@ -30,12 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
 
-import psutil
-
+from marketstream.addresses import connect_host, split_host_port
+from marketstream.broker import owned_broker
+from marketstream.clients import DEFAULT_CLIENTS
 from marketstream.logs import get_logger
-from marketstream.settings import PROJECT_ROOT, Settings, settings_env
+from marketstream.processes import Child, child_env, port_open, process_family, start_child
+from marketstream.settings import PROJECT_ROOT, Settings
+from marketstream.store import init_db
 
 #: The Voila page served by live mode.
 LIVE_NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_live.ipynb"
@@ -43,9 +41,6 @@ LIVE_NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_live.ipynb"
 #: If the producer falls further behind its schedule than this (a suspended
 #: laptop, a stalled broker), it skips the missed ticks instead of bursting.
 MAX_BACKLOG_S = 1.0
-
-#: Seconds a subprocess gets to exit after SIGTERM before it is killed.
-STOP_GRACE_S = 10.0
 
 #: How often the terminal gets a one-line progress report.
 STATUS_EVERY_S = 10.0
@@ -104,12 +99,12 @@ def produce_live(
     second), which keeps the stream smooth for charts. A small linger keeps a
     tick's wait in the producer to milliseconds. Returns the ticks acknowledged.
     """
-    from marketstream.produce import ensure_topic, make_producer
+    from marketstream.produce import ensure_topic
     from marketstream.ticks import RandomWalk
 
     counters = counters or LiveCounters()
     ensure_topic(settings)
-    producer = make_producer(settings, linger_ms=5, max_block_ms=10_000)
+    producer = DEFAULT_CLIENTS.producer(settings, linger_ms=5, max_block_ms=10_000)
     walk = RandomWalk(settings.symbols)
     symbols = settings.symbols
     interval_s = 1.0 / (settings.live_rate * len(symbols))
@@ -146,124 +141,6 @@ def produce_live(
 # --------------------------------------------------------------------------- subprocesses
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
-
-    libc is loaded here, in the parent, so the child only makes one C call
-    between fork and exec (no imports, no Python locks).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
-@dataclass
-class Child:
-    """A server subprocess of live mode, with the log file its output goes to."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
-    _log: IO[bytes] | None = None
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines of its output, to say why it stopped."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
-
-
-def start_child(
-    name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, url: str
-) -> Child:
-    """Start a server in its own session, output to ``log_path``, tied to this process's life."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        list(cmd),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=PROJECT_ROOT,
-        start_new_session=True,
-        preexec_fn=_parent_death_signal(),  # one C call between fork and exec
-    )
-    return Child(name, proc, log_path, url, log)
-
-
-def process_family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The process and all its descendants (Voila's kernels), as they are now."""
-    try:
-        parent = psutil.Process(proc.pid)
-        return [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def stop_process_tree(
-    proc: subprocess.Popen[bytes],
-    family: Sequence[psutil.Process] | None = None,
-    grace_s: float = STOP_GRACE_S,
-) -> None:
-    """SIGTERM a process, wait, then SIGTERM/SIGKILL whatever of its family is left.
-
-    ``family`` should be listed before anything is signalled: once the parent
-    exits, its orphans are re-parented and can no longer be found from it.
-    """
-    family = process_family(proc) if family is None else family
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    rest = [p for p in family if p.pid != proc.pid and p.is_running()]
-    for p in rest:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(rest, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
-def stop_child(child: Child, family: Sequence[psutil.Process] | None = None) -> None:
-    """Stop one server (and its family) and close its log file."""
-    try:
-        stop_process_tree(child.proc, family)
-    finally:
-        if child._log is not None:
-            child._log.close()
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """True if something accepts TCP connections at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def api_command() -> list[str]:
     """The API under granian, in this interpreter (so the same installed packages)."""
     return [sys.executable, "-m", "marketstream_api.serve"]
@@ -290,35 +167,38 @@ def voila_command(settings: Settings, notebook: Path = LIVE_NOTEBOOK) -> list[st
 
 def start_servers(settings: Settings, *, api: bool, voila: bool) -> list[Child]:
     """Start the API and/or Voila; their logs go beside the pipeline log."""
-    env = settings_env(settings)
+    env = child_env(settings)
     logs = settings.log_path.parent
     children = []
     try:
         if api:
             url = f"http://{settings.api_host}:{settings.api_port}"
-            children.append(start_child("API", api_command(), env, logs / "api.log", url))
+            children.append(
+                start_child("API", api_command(), env, logs / "api.log", url, cwd=PROJECT_ROOT)
+            )
         if voila:
             url = f"http://127.0.0.1:{settings.voila_port}"
             children.append(
-                start_child("Voila", voila_command(settings), env, logs / "voila.log", url)
+                start_child(
+                    "Voila", voila_command(settings), env, logs / "voila.log", url, cwd=PROJECT_ROOT
+                )
             )
     except BaseException:
         for child in children:
-            stop_child(child)
+            child.stop()
         raise
     return children
 
 
 def wait_ready(child: Child, stop: threading.Event, timeout_s: float = 60.0) -> bool:
     """Wait until the server's port answers; False if it died, timed out, or stop was set."""
-    host_port = child.url.split("//", 1)[1]
-    host, _, port = host_port.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    host, port = split_host_port(child.url.split("//", 1)[1])
+    host = connect_host(host)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop.is_set():
         if not child.alive():
             return False
-        if port_open(host, int(port)):
+        if port_open(host, port, timeout_s=0.5):
             return True
         stop.wait(0.2)
     return False
@@ -465,34 +345,23 @@ def _supervise(
     return _worker_error(workers)  # a thread that failed sets stop too
 
 
-def _shutdown(
-    workers: Sequence[_Worker],
-    children: Sequence[Child],
-    stop: threading.Event,
-    broker_started: bool,
-    settings: Settings,
-) -> None:
-    """Stop the pipeline (it finishes its batch), then the servers, then our broker.
+def _shutdown(workers: Sequence[_Worker], children: Sequence[Child], stop: threading.Event) -> None:
+    """Stop the pipeline (it finishes its batch), then the servers.
 
-    Servers get SIGTERM all at once first, so their shutdowns overlap. Our
-    broker is stopped even if a second Ctrl-C cuts the rest short (the
-    servers then still get their parent-death signal).
+    Servers get SIGTERM all at once first, so their shutdowns overlap. A broker
+    live mode started is stopped after this by :func:`owned_broker`, even if a
+    second Ctrl-C cuts this short (the servers then still get their
+    parent-death signal).
     """
-    from marketstream import broker
-
-    try:
-        stop.set()
-        families = [process_family(child.proc) for child in children]
-        for child in children:
-            if child.alive():
-                child.proc.terminate()
-        for worker in workers:
-            worker.join(timeout=30)
-        for child, family in zip(children, families, strict=True):
-            stop_child(child, family)
-    finally:
-        if broker_started:
-            broker.stop_broker(settings)
+    stop.set()
+    families = [process_family(child.proc) for child in children]
+    for child in children:
+        if child.alive():
+            child.proc.terminate()
+    for worker in workers:
+        worker.join(timeout=30)
+    for child, family in zip(children, families, strict=True):
+        child.stop(family)
 
 
 def run_live(
@@ -510,17 +379,34 @@ def run_live(
     Everything started here is stopped here, including a broker this call
     had to start; a broker that was already running is left alone.
     """
-    from marketstream import broker
-    from marketstream.store import init_db
-
     say = say or (lambda line: print(line, flush=True))
     stop = stop or threading.Event()
     log = get_logger(settings.log_path)
-    broker_started = not broker.broker_status(settings).reachable
-    broker.ensure_broker(settings)
+    counters = LiveCounters()
+    with owned_broker(settings, say=say):
+        failure = _run_parts(settings, api, voila, duration_s, stop, say, counters, log)
+    say(status_line(counters, "live stopped after"))
+    if failure:
+        say(f"marketstream live: {failure}")
+        log.error("live_failed", extra={"reason": failure})
+        return 1
+    log.info("live_end", extra={"produced": counters.produced, "stored": counters.stored})
+    return 0
+
+
+def _run_parts(
+    settings: Settings,
+    api: bool,
+    voila: bool,
+    duration_s: float | None,
+    stop: threading.Event,
+    say: Callable[[str], None],
+    counters: LiveCounters,
+    log: logging.Logger,
+) -> str | None:
+    """Start the servers and the pipeline threads, supervise, stop them; the failure if any."""
     workers: list[_Worker] = []
     children: list[Child] = []
-    counters = LiveCounters()
     failure: str | None = None
     try:
         init_db(settings.db_path)  # readers find a file (empty) from the first second
@@ -540,11 +426,5 @@ def run_live(
     except KeyboardInterrupt:
         pass
     finally:
-        _shutdown(workers, children, stop, broker_started, settings)
-    say(status_line(counters, "live stopped after"))
-    if failure:
-        say(f"marketstream live: {failure}")
-        log.error("live_failed", extra={"reason": failure})
-        return 1
-    log.info("live_end", extra={"produced": counters.produced, "stored": counters.stored})
-    return 0
+        _shutdown(workers, children, stop)
+    return failure

@@ -47,8 +47,8 @@ from plotly.subplots import make_subplots
 from marketstream import store
 from marketstream.settings import Settings
 
-#: Columns of the statistics table, as the store's ``market_metrics`` names them.
-STATS_COLUMNS = ("symbol", "tickcount", "avgprice", "minprice", "maxprice", "totalvolume")
+#: Columns of the statistics table: the store's ``market_metrics``, in the API's order.
+STATS_COLUMNS = store.METRIC_COLUMNS
 
 #: Freshness samples kept for the freshness chart (one per refresh).
 FRESHNESS_HISTORY = 300

@@ -7,13 +7,16 @@ in the output folder as the record of the run.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import papermill
 
-from marketstream import broker, store
+from marketstream import store
+from marketstream.broker import owned_broker
+from marketstream.errors import PipelineError
 from marketstream.logs import get_logger
 from marketstream.produce import delete_topic
 from marketstream.settings import PROJECT_ROOT, Settings
@@ -21,9 +24,8 @@ from marketstream.settings import PROJECT_ROOT, Settings
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
 
-
-class PipelineError(RuntimeError):
-    """A notebook failed; the message names it and points at its executed copy."""
+#: The one papermill parameter every notebook takes: all settings, as ``{field: text}``.
+SETTINGS_PARAMETER = "settings_overrides"
 
 
 @dataclass
@@ -51,17 +53,36 @@ class PipelineSummary:
 
 
 def notebook_parameters(settings: Settings) -> dict[str, object]:
-    """The papermill parameters every notebook accepts (strings and lists only)."""
-    return {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "topic": settings.topic,
-        "db_path": str(settings.db_path),
-        "csv_path": str(settings.csv_path),
-        "log_path": str(settings.log_path),
-        "symbols": list(settings.symbols),
-        "ticks_per_symbol": settings.ticks_per_symbol,
-        "seed": settings.seed,
-    }
+    """The papermill parameters of every notebook: the whole settings, nothing picked.
+
+    A notebook builds ``Settings.from_env(**settings_overrides)``, so every
+    field the caller set (consumer group, partitions, batch size, security...)
+    wins over the kernel's environment. Handing over a chosen few let the
+    environment silently replace the rest.
+    """
+    return {SETTINGS_PARAMETER: settings.to_overrides()}
+
+
+def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Logger) -> Path:
+    """Execute one notebook into the output folder; a failure names the notebook and its copy."""
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    target = settings.output_dir / f"{name}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=notebook_parameters(settings),
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=progress,
+            kernel_name="python3",
+        )
+    except papermill.PapermillExecutionError as exc:
+        log.error("pipeline_error", extra={"notebook": name, "error": f"{exc.ename}: {exc.evalue}"})
+        raise PipelineError(
+            f"notebook {name} failed: {exc.ename}: {exc.evalue} (see {target})"
+        ) from None
+    return target
 
 
 def run_pipeline(
@@ -81,40 +102,11 @@ def run_pipeline(
     started = time.perf_counter()
     log = get_logger(settings.log_path)
     log.info("pipeline_start", extra={"notebooks": list(notebooks), "fresh": fresh})
-    was_running = broker.is_reachable(settings.bootstrap_servers)
-    if not was_running:
-        broker.start_broker(settings)
-    try:
+    with owned_broker(settings, keep=keep_broker) as kafka:
         if fresh:
             delete_topic(settings)
-            for suffix in ("", ".wal"):
-                Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
-        settings.output_dir.mkdir(parents=True, exist_ok=True)
-        outputs = []
-        for name in notebooks:
-            source = NOTEBOOK_DIR / f"{name}.ipynb"
-            target = settings.output_dir / f"{name}.ipynb"
-            try:
-                papermill.execute_notebook(
-                    str(source),
-                    str(target),
-                    parameters=notebook_parameters(settings),
-                    cwd=str(NOTEBOOK_DIR),
-                    progress_bar=progress,
-                    kernel_name="python3",
-                )
-            except papermill.PapermillExecutionError as exc:
-                log.error(
-                    "pipeline_error",
-                    extra={"notebook": name, "error": f"{exc.ename}: {exc.evalue}"},
-                )
-                raise PipelineError(
-                    f"notebook {name} failed: {exc.ename}: {exc.evalue} (see {target})"
-                ) from None
-            outputs.append(target)
-    finally:
-        if not was_running and not keep_broker:
-            broker.stop_broker(settings)
+            store.remove_db(settings.db_path)
+        outputs = [_run_notebook(name, settings, progress, log) for name in notebooks]
     runs = store.pipeline_runs(settings.db_path, limit=1)
     throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
     summary = PipelineSummary(
@@ -123,7 +115,7 @@ def run_pipeline(
         throughput_per_s=throughput,
         db_path=settings.db_path,
         outputs=outputs,
-        broker_started=not was_running,
+        broker_started=kafka.started,
     )
     log.info(
         "pipeline_end",

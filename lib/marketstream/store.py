@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -247,11 +247,19 @@ class TickWriter:
         finally:
             con.close()
 
-    def write_batch(self, ticks: pa.Table, dead: pa.Table | None = None) -> int:
+    def write_batch(
+        self,
+        ticks: pa.Table,
+        dead: pa.Table | None = None,
+        *,
+        before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> int:
         """Insert a batch of ticks (and dead letters) in one transaction; return rows added.
 
         Rows whose (symbol, event_time) is already stored are skipped, which is
-        what makes replays and re-produced files idempotent.
+        what makes replays and re-produced files idempotent. ``before_commit``
+        runs inside the transaction, rows inserted, just before ``COMMIT``: the
+        seam fault-injection tests use to die at exactly that point.
         """
         with self._connection() as con:
             con.execute("BEGIN TRANSACTION")
@@ -272,6 +280,8 @@ class TickWriter:
                         '"offset", "key", raw, reason, received_at FROM dead_batch'
                     ).fetchall()
                     con.unregister("dead_batch")
+                if before_commit is not None:
+                    before_commit(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

@@ -1,6 +1,6 @@
 """Soak run: N ticks through a real broker into DuckDB while the consumer's memory is watched.
 
-``python -m marketstream.soak --n 1000000`` produces N ticks (a streamed random
+``python -m marketstream.bench.soak --n 1000000`` produces N ticks (a streamed random
 walk, never all in memory) to a topic of its own, then runs the real consumer
 (``marketstream consume``) as a child process over the whole backlog and
 samples its resident memory (RSS) a few times a second against its progress
@@ -15,7 +15,11 @@ number of ticks: a flat curve from 10% to 100% is the evidence.
 
 The run uses its own topic, consumer group and DuckDB file (under
 ``<output dir>/soak/``), so it never touches the demo's data, and deletes the
-topic afterwards. A broker is started if none answers, and stopped again.
+topic afterwards. A broker is started if none answers, and stopped again
+(:func:`marketstream.broker.owned_broker`). The consumer is a child like any
+other (:mod:`marketstream.processes`): its settings reach it through its
+environment, its output goes to a file beside the log, and it is stopped with
+SIGTERM, then SIGKILL, if the run fails.
 """
 
 from __future__ import annotations
@@ -31,20 +35,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
 
-from marketstream.cli import expected_errors
+from marketstream.clients import DEFAULT_CLIENTS
+from marketstream.errors import MarketstreamError, SoakError
+from marketstream.processes import child_env, start_child
 from marketstream.settings import Settings
 from marketstream.ticks import DEFAULT_START, RandomWalk, Tick
 
+__all__ = ["CHECKPOINTS", "Sample", "SoakError", "SoakReport", "run_soak", "stream_ticks"]
+
 #: Points of the run (share of all ticks committed) at which the RSS is reported.
 CHECKPOINTS = (10, 25, 50, 75, 100)
-
-
-class SoakError(RuntimeError):
-    """The soak run could not finish; the message says why."""
 
 
 @dataclass
@@ -136,35 +141,18 @@ def soak_settings(settings: Settings, run_id: str | None = None) -> Settings:
     )
 
 
-def consumer_env(settings: Settings) -> dict[str, str]:
-    """The environment that points ``marketstream consume`` at these settings."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "KAFKA_TOPIC": settings.topic,
-            "KAFKA_CONSUMER_GROUP": settings.consumer_group,
-            "KAFKA_SECURITY_PROTOCOL": settings.security_protocol,
-            "KAFKA_SASL_MECHANISM": settings.sasl_mechanism,
-            "KAFKA_SASL_USERNAME": settings.sasl_username,
-            "KAFKA_SASL_PASSWORD": settings.sasl_password,
-            "KAFKA_SSL_CAFILE": settings.ssl_cafile,
-            "MARKET_DB_PATH": str(settings.db_path),
-            "MARKET_LOG_PATH": str(settings.log_path),
-            "MARKET_BATCH_SIZE": str(settings.batch_size),
-            "MARKET_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
-        }
-    )
-    return env
+def consumer_output(settings: Settings) -> Path:
+    """Where the consumer's stdout and stderr go: beside its JSON log."""
+    return settings.log_path.with_name(f"{settings.log_path.stem}-consumer.out")
 
 
-def _committed(admin: object, settings: Settings) -> int:
+def _committed(admin: Any, settings: Settings) -> int:
     """Ticks the consumer group has committed on the topic (0 before its first commit)."""
     from kafka.errors import KafkaError
 
     group = settings.consumer_group
     try:
-        offsets = admin.list_group_offsets(group).get(group, {})  # type: ignore[attr-defined]
+        offsets = admin.list_group_offsets(group).get(group, {})
     except KafkaError:
         return 0
     return sum(m.offset for tp, m in offsets.items() if tp.topic == settings.topic and m.offset > 0)
@@ -203,15 +191,13 @@ def consume_and_sample(
 ) -> tuple[int, float, int, list[Sample]]:
     """Run ``marketstream consume`` over the topic, sampling its RSS against committed
     offsets until it exits; return (exit code, seconds, peak RSS, samples)."""
-    from kafka import KafkaAdminClient
     from tqdm.auto import tqdm
 
-    admin = KafkaAdminClient(**settings.kafka_client_config())
+    admin = DEFAULT_CLIENTS.admin(settings)
     cmd = [sys.executable, "-m", "marketstream.cli", "consume", "-q"]
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, env=consumer_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    child = start_child("soak consumer", cmd, child_env(settings), consumer_output(settings))
+    proc = child.proc
     process = psutil.Process(proc.pid)
     samples: list[Sample] = []
     bar = tqdm(total=n, unit="tick", desc="consume", disable=not progress)
@@ -227,7 +213,6 @@ def consume_and_sample(
                 samples.append(Sample(round(time.monotonic() - started, 2), committed, rss))
             bar.update(committed - bar.n)
             if time.monotonic() - started > timeout_s:
-                proc.kill()
                 raise SoakError(f"the consumer did not finish {n:,} ticks in {timeout_s:g} s")
             time.sleep(interval_s)
         elapsed = time.monotonic() - started
@@ -235,14 +220,9 @@ def consume_and_sample(
     finally:
         bar.close()
         admin.close()
-        if proc.returncode is None:
-            proc.kill()
-            proc.wait()
-        stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
+        child.stop()  # reaped already unless the run failed: then SIGTERM, then SIGKILL
     if code != 0:
-        raise SoakError(f"the consumer exited with code {code}: {stderr.strip()[-500:]}")
+        raise SoakError(f"the consumer exited with code {code}: {child.log_tail(8)[-500:]}")
     return code, elapsed, peak, samples
 
 
@@ -267,14 +247,10 @@ def run_soak(
         raise SoakError("--n must be at least 1")
     if own_names:
         settings = soak_settings(settings)
-    for suffix in ("", ".wal"):
-        Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
+    store.remove_db(settings.db_path)
     settings.db_path.parent.mkdir(parents=True, exist_ok=True)
 
-    started_broker = not broker.broker_status(settings).reachable
-    if started_broker:
-        broker.start_broker(settings)
-    try:
+    with broker.owned_broker(settings, say=print if progress else None):
         t0 = time.monotonic()
         summary = produce_ticks(
             stream_ticks(settings.symbols, n, seed=settings.seed),
@@ -291,9 +267,6 @@ def run_soak(
         rows = store.tick_count(settings.db_path)
         if not keep:
             delete_topic(settings)
-    finally:
-        if started_broker:
-            broker.stop_broker(settings)
     report = SoakReport(
         n=n,
         batch_size=settings.batch_size,
@@ -305,14 +278,15 @@ def run_soak(
         samples=samples,
     )
     if not keep:
-        for suffix in ("", ".wal"):
-            Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
+        store.remove_db(settings.db_path)
+        consumer_output(settings).unlink(missing_ok=True)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m marketstream.bench.soak``: 0 if every tick landed, 1 if not, 2 on an error."""
     parser = argparse.ArgumentParser(
-        prog="python -m marketstream.soak",
+        prog="python -m marketstream.bench.soak",
         description="Produce N ticks, consume them with `marketstream consume` in a child "
         "process, and report the consumer's memory (RSS) along the way.",
     )
@@ -325,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(batch_size=args.batch_size)
         report = run_soak(settings, args.n, keep=args.keep, progress=not args.quiet)
-    except (SoakError, *expected_errors()) as exc:
+    except (MarketstreamError, FileNotFoundError) as exc:
         print(f"soak: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

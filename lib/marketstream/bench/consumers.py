@@ -1,0 +1,167 @@
+"""What the consuming workers run: the bare client, our consumer, the live consumer, the seed.
+
+Each is a :data:`marketstream.bench.workers.WorkerFn`, run in a worker
+process of its own (see :mod:`marketstream.bench.workers`). Every Kafka
+client is built through :data:`marketstream.clients.DEFAULT_CLIENTS` with
+the kit's consumer settings, so the references differ from our consumer only
+in what they do with the records, never in how they fetch them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from marketstream.bench.workers import Emitter
+from marketstream.clients import DEFAULT_CLIENTS
+from marketstream.settings import Settings
+
+#: A consume worker gives up once no message has arrived for this long (s).
+IDLE_TIMEOUT_S = 30.0
+
+
+def ceiling(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -> dict:
+    """kafka-python alone: the same consumer settings, every message fetched and dropped."""
+    from marketstream.consume import GIL_SWITCH_INTERVAL_S
+
+    n = int(cfg["n"])
+    # The same GIL hand-over as consume() uses, so the ceiling is the best the bare client
+    # does under the conditions our consumer runs in (measured: it does not slow it down).
+    sys.setswitchinterval(float(cfg.get("switch_interval_s", GIL_SWITCH_INTERVAL_S)))
+    emit("ready")
+    started = time.perf_counter()
+    consumer = DEFAULT_CLIENTS.consumer(settings)
+    got = 0
+    try:
+        while got < n and not stop.is_set():
+            polled = consumer.poll(timeout_ms=500, max_records=min(settings.batch_size, n - got))
+            for records in polled.values():
+                got += len(records)
+            emit.progress(got)
+    finally:
+        consumer.close(autocommit=False)
+    elapsed = time.perf_counter() - started
+    return {"messages": got, "elapsed_s": elapsed, "rate": got / elapsed}
+
+
+def consume(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -> dict:
+    """Our consumer, exactly as ``marketstream consume`` runs it, for ``n`` messages.
+
+    End to end (``concurrent_producer``), the producer is still writing when the
+    consumer catches up with it, and batch mode stops there. The bench knows
+    how many messages will come, so it calls ``consume()`` again, each call
+    resuming from the group's committed offsets, until all ``n`` are processed
+    (or none has come for ``idle_timeout_s``). Every call commits what it
+    stored, so a round boundary loses and duplicates nothing; it costs a group
+    re-join (immediate on the kit's broker, ``group.initial.rebalance.delay.ms=0``).
+    """
+    from marketstream.consume import consume as consume_run
+
+    n = int(cfg["n"])
+    idle_s = float(cfg.get("idle_timeout_s", IDLE_TIMEOUT_S))
+    until_all = bool(cfg.get("concurrent_producer"))
+    done = 0
+    totals = {"messages": 0, "rows_inserted": 0, "dead_letters": 0, "rounds": 0}
+
+    def on_batch(batch: Any, added: int) -> None:
+        nonlocal done
+        done += batch.ticks.num_rows + batch.dead.num_rows
+        emit.progress(done)
+
+    emit("ready")
+    started = time.perf_counter()
+    last_data = time.monotonic()
+    while totals["messages"] < n and not stop.is_set():
+        run = consume_run(
+            settings,
+            max_messages=n - totals["messages"],
+            idle_timeout_s=idle_s,
+            stop=stop,
+            progress=False,
+            on_batch=on_batch,
+        )
+        totals["rounds"] += 1
+        totals["messages"] += run.messages_processed
+        totals["rows_inserted"] += run.rows_inserted
+        totals["dead_letters"] += run.errors
+        if run.messages_processed:
+            last_data = time.monotonic()
+        if not until_all or time.monotonic() - last_data > idle_s:
+            break
+    elapsed = time.perf_counter() - started
+    return {
+        **totals,
+        "elapsed_s": elapsed,
+        "rate": totals["messages"] / elapsed,
+        "ended_at_epoch": time.time(),
+    }
+
+
+def live(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -> dict:
+    """The live consumer (releases the DuckDB file between batches) until stdin closes."""
+    from marketstream.consume import consume as consume_run
+
+    done = 0
+
+    def on_batch(batch: Any, added: int) -> None:
+        nonlocal done
+        done += added
+        emit.progress(done)
+
+    emit("ready")
+    run = consume_run(settings, live=True, stop=stop, progress=False, on_batch=on_batch)
+    return {"messages": run.messages_processed, "rows_inserted": run.rows_inserted}
+
+
+def naive(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -> dict:
+    """The seed's approach: json.loads and one DuckDB INSERT statement per message.
+
+    Same Kafka consumer settings as ours, same table (with its primary key), so
+    the difference measured is only per-message versus columnar batch work.
+    """
+    import duckdb
+
+    from marketstream import store
+
+    n = int(cfg["n"])
+    store.init_db(settings.db_path)
+    emit("ready")
+    started = time.perf_counter()
+    con = duckdb.connect(str(settings.db_path))
+    consumer = DEFAULT_CLIENTS.consumer(settings)
+    got = 0
+    sql = "INSERT OR IGNORE INTO market_ticks VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    try:
+        while got < n and not stop.is_set():
+            polled = consumer.poll(timeout_ms=500, max_records=min(settings.batch_size, n - got))
+            for records in polled.values():
+                for rec in records:
+                    tick = json.loads(rec.value)
+                    event_time = datetime.fromisoformat(tick["timestamp"]).replace(tzinfo=None)
+                    received = datetime.now(UTC).replace(tzinfo=None)
+                    con.execute(
+                        sql,
+                        [
+                            tick["symbol"],
+                            event_time,
+                            tick["price"],
+                            tick["volume"],
+                            rec.topic,
+                            rec.partition,
+                            rec.offset,
+                            received,
+                        ],
+                    )
+                    got += 1
+                emit.progress(got)
+            if polled:
+                consumer.commit()
+    finally:
+        consumer.close(autocommit=False)
+        con.close()
+    elapsed = time.perf_counter() - started
+    return {"messages": got, "elapsed_s": elapsed, "rate": got / elapsed}

@@ -1,0 +1,407 @@
+"""One local Kafka broker process: its run dir, pid file, start, stop and status.
+
+Why a detached JVM with a pid file: the broker must outlive the command that
+started it (``marketstream broker up``, a notebook cell) and be stoppable by a
+later one, so it runs in its own session (Ctrl-C in a notebook or the CLI does
+not reach it) and its pid is written into the run dir. Pid files go stale and
+pids get recycled, so a pid is only trusted if that process's command line is
+``kafka.Kafka`` with ``-Dmarketstream.run_dir=<this run dir>``; a JVM whose
+pid file was lost is found by that marker too.
+
+"Up" means a Kafka metadata request is answered, not that the port accepts
+connections: the port opens before the broker has a controller, and clients
+connecting in between fail. A broker that exits or does not answer within
+``wait_s`` (90 s by default) is always stopped, with the lines of its own log
+that say why. Stopping is SIGTERM (Kafka's clean shutdown, 2-5 s here) and
+SIGKILL after 30 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from marketstream.addresses import server_list, split_host_port
+from marketstream.broker.config import (
+    excerpt,
+    listener_hosts,
+    new_cluster_id,
+    parse_properties,
+    render_log4j2_config,
+    render_server_properties,
+)
+from marketstream.broker.jars import fetch_kafka, file_lock, find_java, java_command
+from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
+from marketstream.errors import BrokerError, SettingsError
+from marketstream.processes import can_bind, free_port, is_local_address, terminate
+from marketstream.settings import Settings
+
+#: Heap kept small on purpose: the demo machine has 2 cores and also runs
+#: Jupyter, DuckDB and the producer; Kafka's own script defaults to 1 GB.
+#: The GC flags are those of Kafka's ``kafka-run-class.sh``.
+JVM_OPTS: tuple[str, ...] = (
+    "-Xmx512m",
+    "-Xms256m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+
+KAFKA_MAIN = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+#: On every JVM started here, followed by the resolved run dir: how a broker is found.
+RUN_DIR_PROPERTY = "-Dmarketstream.run_dir="
+#: Seconds Kafka gets for its clean shutdown before SIGKILL.
+STOP_TIMEOUT_S = 30.0
+
+#: JVMs started by this Python process, so that stopping one also reaps it. Only
+#: the ``Popen`` may reap a child: waiting on a bare pid would leave the ``Popen``
+#: to reap a recycled pid later. Process-wide because the JVM is, and private:
+#: nothing outside this module reads or replaces it.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass
+class BrokerStatus:
+    """What is known about the broker behind a set of bootstrap servers."""
+
+    bootstrap_servers: str
+    reachable: bool  # a Kafka broker answers there
+    managed: bool  # started by us (pid file present and process alive)
+    pid: int | None
+    run_dir: Path | None
+    log_file: Path | None
+
+    @property
+    def port(self) -> int:
+        """The port of the first bootstrap server."""
+        return split_host_port(server_list(self.bootstrap_servers)[0])[1]
+
+    def describe(self) -> str:
+        """One human line, e.g. for ``marketstream broker status``."""
+        where = self.bootstrap_servers
+        if self.reachable and self.managed:
+            return (
+                f"Kafka broker at {where} is up (started by marketstream, pid {self.pid}, "
+                f"run dir {self.run_dir}, log {self.log_file})"
+            )
+        if self.reachable:
+            return f"Kafka broker at {where} is up (not started by marketstream)"
+        if self.managed:
+            return (
+                f"Kafka broker process {self.pid} is running but does not answer at {where}; "
+                f"see {self.log_file}"
+            )
+        return f"no Kafka broker answers at {where}; `marketstream broker up` starts a local one"
+
+
+# --------------------------------------------------------------------------- run dir
+
+
+def default_run_dir(settings: Settings) -> Path:
+    """``<kafka_home>/run/<port>``: one broker (and its data) per port."""
+    return settings.kafka_home / "run" / str(settings.bootstrap_host_port[1])
+
+
+def _pid_file(run_dir: Path) -> Path:
+    return run_dir / "broker.pid"
+
+
+def _log_file(run_dir: Path) -> Path:
+    return run_dir / "server.log"
+
+
+def _out_file(run_dir: Path) -> Path:
+    return run_dir / "broker.out"
+
+
+def _tail(path: Path, max_bytes: int = 64_000, since: int = 0) -> str:
+    try:
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            handle.seek(max(0, size - max_bytes, since if since <= size else 0))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _broker_excerpt(run_dir: Path, log_offset: int = 0) -> str:
+    """Why the broker failed: the JVM's own output (bad class path, old Java), then the
+    lines Kafka logged since log_offset (this start, not earlier ones)."""
+    text = _tail(_out_file(run_dir)) + "\n" + _tail(_log_file(run_dir), since=log_offset)
+    return excerpt(text) or "(no log output)"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _is_broker_of(proc: psutil.Process, run_dir: Path) -> bool:
+    """Is proc a live Kafka JVM started for run_dir (guards against recycled pids)?"""
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return KAFKA_MAIN in cmdline and f"{RUN_DIR_PROPERTY}{run_dir.resolve()}" in cmdline
+
+
+def running_broker_pids(run_dir: Path) -> list[int]:
+    """Pids of every live Kafka JVM started for run_dir (pid file or not)."""
+    marker = f"{RUN_DIR_PROPERTY}{run_dir.resolve()}"
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if marker in cmdline and _is_broker_of(proc, run_dir):
+            pids.append(proc.pid)
+    return pids
+
+
+def _managed_pid(run_dir: Path) -> int | None:
+    """The pid of our live broker for run_dir: from the pid file if that process is still
+    our broker, else found by its command line (and the pid file written again)."""
+    with contextlib.suppress(OSError, ValueError, psutil.NoSuchProcess):
+        pid = int(_pid_file(run_dir).read_text(encoding="utf-8").strip())
+        if _is_broker_of(psutil.Process(pid), run_dir):
+            return pid
+    pids = running_broker_pids(run_dir)
+    if not pids:
+        return None
+    with contextlib.suppress(OSError):
+        _pid_file(run_dir).write_text(f"{pids[0]}\n", encoding="utf-8")
+    return pids[0]
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM (Kafka's clean shutdown), SIGKILL after STOP_TIMEOUT_S; our own child is reaped."""
+    child = _CHILDREN.pop(pid, None)
+    terminate(child if child is not None else pid, STOP_TIMEOUT_S, name="Kafka broker")
+
+
+# --------------------------------------------------------------------------- start
+
+
+def _controller_port(props_file: Path, host: str, avoid: int) -> int:
+    """Keep the controller port of an earlier start if still free, else pick a free one."""
+    if props_file.is_file():
+        old = parse_properties(props_file.read_text(encoding="utf-8"))
+        voters = server_list(old.get("controller.quorum.bootstrap.servers", ""))
+        if voters:
+            with contextlib.suppress(SettingsError):
+                port = split_host_port(voters[0])[1]
+                if port != avoid and can_bind(listener_hosts(host)[0], port):
+                    return port
+    while True:
+        port = free_port()
+        if port != avoid:
+            return port
+
+
+def _format_storage(java: str, libs: Path, run_dir: Path, props_file: Path) -> None:
+    """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done)."""
+    data = run_dir / "data"
+    if (data / "meta.properties").is_file():
+        return
+    cmd = java_command(
+        java,
+        libs,
+        STORAGE_TOOL,
+        ["format", "--standalone", "-t", new_cluster_id(), "-c", str(props_file)],
+        extra=[f"-Dlog4j2.configurationFile={run_dir / 'log4j2.properties'}"],
+    )
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise BrokerError(
+            f"Kafka's StorageTool could not format {data} (exit {done.returncode}): "
+            f"{excerpt(done.stdout + done.stderr)}; delete {run_dir} to start from scratch"
+        )
+
+
+def _wait_ready(
+    settings: Settings,
+    pid: int,
+    run_dir: Path,
+    wait_s: float,
+    proc: subprocess.Popen[bytes] | None,
+    log_offset: int,
+    clients: KafkaClients,
+) -> None:
+    """Block until the broker answers; raise (after stopping it) if it dies or times out."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        code = proc.poll() if proc is not None else None
+        if code is not None or (proc is None and _managed_pid(run_dir) is None):
+            _CHILDREN.pop(pid, None)
+            _pid_file(run_dir).unlink(missing_ok=True)
+            how = f" with code {code}" if code is not None else ""
+            raise BrokerError(
+                f"the Kafka broker exited{how} during start-up: "
+                f"{_broker_excerpt(run_dir, log_offset)}; full log: {_log_file(run_dir)}"
+            )
+        if clients.reachable(settings, timeout_s=2.0):
+            return
+        time.sleep(0.5)
+    why = _broker_excerpt(run_dir, log_offset)  # before stopping, which logs a lot
+    _stop_pid(pid)
+    _pid_file(run_dir).unlink(missing_ok=True)
+    raise BrokerError(
+        f"the Kafka broker did not answer at {settings.bootstrap_servers} within {wait_s:g} s "
+        f"and was stopped (last log lines: {why}); full log: {_log_file(run_dir)}"
+    )
+
+
+def _prepare(settings: Settings, run_dir: Path, say: Callable[[str], None] | None) -> list[str]:
+    """Fetch the jars, write the configs, format the storage once; return the JVM command."""
+    host, port = settings.bootstrap_host_port
+    java = find_java()
+    libs = fetch_kafka(settings, say=say)
+    data = run_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    props_file = run_dir / "server.properties"
+    controller_port = _controller_port(props_file, host, port)
+    props_file.write_text(
+        render_server_properties(
+            host, port, controller_port, data, num_partitions=settings.partitions
+        ),
+        encoding="utf-8",
+    )
+    log_config = run_dir / "log4j2.properties"
+    log_config.write_text(render_log4j2_config(_log_file(run_dir)), encoding="utf-8")
+    _format_storage(java, libs, run_dir, props_file)
+    return java_command(
+        java,
+        libs,
+        KAFKA_MAIN,
+        [str(props_file)],
+        extra=[
+            *JVM_OPTS,
+            f"-Dlog4j2.configurationFile={log_config}",
+            f"-Dkafka.logs.dir={run_dir}",
+            f"{RUN_DIR_PROPERTY}{run_dir}",
+        ],
+    )
+
+
+def _spawn(cmd: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the JVM detached, output to ``broker.out``, and record its pid."""
+    with _out_file(run_dir).open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            start_new_session=True,  # Ctrl-C in a notebook or CLI must not hit the JVM
+        )
+    _CHILDREN[proc.pid] = proc
+    _pid_file(run_dir).write_text(f"{proc.pid}\n", encoding="utf-8")
+    return proc
+
+
+def start_broker(
+    settings: Settings,
+    *,
+    run_dir: Path | None = None,
+    wait_s: float = 90,
+    say: Callable[[str], None] | None = None,
+    clients: KafkaClients = DEFAULT_CLIENTS,
+) -> BrokerStatus:
+    """Start a local broker on ``settings.bootstrap_host_port`` and wait until it answers.
+
+    If a broker already answers there, nothing is started. If our broker for
+    this run dir is still booting, this waits for it instead of starting a
+    second one. The JVM is detached (own session), so it outlives the caller
+    until :func:`stop_broker`; a broker that fails to come up is always stopped.
+    ``say`` hears the progress of a first jar fetch (see :func:`fetch_kafka`).
+    """
+    run_dir = (run_dir or default_run_dir(settings)).resolve()
+    if clients.reachable(settings):
+        return broker_status(settings, run_dir=run_dir, clients=clients)
+    host, port = settings.bootstrap_host_port
+    with file_lock(run_dir / ".start.lock"):
+        pid = _managed_pid(run_dir)
+        if pid is not None:  # started by another call and still booting
+            _wait_ready(settings, pid, run_dir, wait_s, _CHILDREN.get(pid), 0, clients)
+            return broker_status(settings, run_dir=run_dir, clients=clients)
+        if not is_local_address(host):
+            raise BrokerError(
+                f"cannot start a broker for {host}:{port}: {host} is not an address of this "
+                f"machine; set KAFKA_BOOTSTRAP_SERVERS=localhost:{port} for a local broker"
+            )
+        if not can_bind(host, port):
+            raise BrokerError(
+                f"port {port} is in use by another program that does not speak Kafka; "
+                f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}"
+            )
+        cmd = _prepare(settings, run_dir, say)
+        log_file = _log_file(run_dir)
+        log_offset = log_file.stat().st_size if log_file.is_file() else 0  # after the format
+        proc = _spawn(cmd, run_dir)
+        try:
+            _wait_ready(settings, proc.pid, run_dir, wait_s, proc, log_offset, clients)
+        except BaseException:  # KeyboardInterrupt too: never leave a half-started JVM
+            if proc.poll() is None:
+                _stop_pid(proc.pid)
+                _pid_file(run_dir).unlink(missing_ok=True)
+            raise
+        return broker_status(settings, run_dir=run_dir, clients=clients)
+
+
+# --------------------------------------------------------------------------- stop, status
+
+
+def stop_broker(settings: Settings, *, run_dir: Path | None = None) -> bool:
+    """Stop the broker started for run_dir (clean SIGTERM, SIGKILL after 30 s).
+
+    Also stops any stray JVM of that run dir whose pid file was lost. Returns
+    True if a broker was stopped; a broker not started by us is never touched.
+    """
+    run_dir = (run_dir or default_run_dir(settings)).resolve()
+    pids = set(running_broker_pids(run_dir))
+    managed = _managed_pid(run_dir)
+    if managed is not None:
+        pids.add(managed)
+    for pid in sorted(pids):
+        _stop_pid(pid)
+    _pid_file(run_dir).unlink(missing_ok=True)
+    return bool(pids)
+
+
+def broker_status(
+    settings: Settings, *, run_dir: Path | None = None, clients: KafkaClients = DEFAULT_CLIENTS
+) -> BrokerStatus:
+    """Is a broker answering at the bootstrap servers, and is it one we started?"""
+    run_dir = (run_dir or default_run_dir(settings)).resolve()
+    pid = _managed_pid(run_dir)
+    log_file = _log_file(run_dir)
+    return BrokerStatus(
+        bootstrap_servers=settings.bootstrap_servers,
+        reachable=clients.reachable(settings),
+        managed=pid is not None,
+        pid=pid,
+        run_dir=run_dir if run_dir.is_dir() else None,
+        log_file=log_file if log_file.is_file() else None,
+    )
+
+
+@contextlib.contextmanager
+def temporary_broker(settings: Settings, tmp_dir: Path) -> Iterator[Settings]:
+    """Start a broker on a free port with storage in tmp_dir; yield settings pointing at it
+    (settings.with_(bootstrap_servers=f"127.0.0.1:{port}")); always stop it after. Used by tests.
+    """
+    port = free_port()
+    local = settings.with_(bootstrap_servers=f"127.0.0.1:{port}")
+    run_dir = Path(tmp_dir) / f"kafka-{port}"
+    try:
+        start_broker(local, run_dir=run_dir)
+        yield local
+    finally:
+        stop_broker(local, run_dir=run_dir)
