@@ -483,4 +483,3 @@ def test_broker_stopped_and_killed_then_restarted_while_producing_and_consuming(
     assert topic_messages >= total  # re-sent chunks may add copies; the store dedupes them
     assert store_counts(settings.db_path) == (total, total, total)
     assert_store_equals(settings.db_path, ticks)
-

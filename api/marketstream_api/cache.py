@@ -34,9 +34,6 @@ from marketstream.store import Signature
 
 T = TypeVar("T")
 
-#: The signature of a store that does not exist (yet, or any more).
-_NO_STORE: Signature = (0, 0, 0, 0)
-
 
 @dataclass
 class _Entry:
@@ -129,7 +126,10 @@ class ReadCache:
             if not slot.lock.acquire(blocking=False):
                 self.hits += 1
                 return entry.value  # someone is recomputing: the previous answer, at once
-            if signature != _NO_STORE and time.monotonic() - entry.computed_at < self.max_stale_s:
+            if (
+                signature != store.NO_SIGNATURE
+                and time.monotonic() - entry.computed_at < self.max_stale_s
+            ):
                 self.hits += 1
                 threading.Thread(
                     target=self._refresh, args=(slot, compute), daemon=True, name="cache-refresh"

@@ -98,12 +98,14 @@ class Policy:
     #: ``None``: write every poll. Else wait this long after a write ends, letting
     #: polls accumulate, so readers can open the file in between.
     write_gap_s: float | None
-    #: End once every assigned partition is caught up or idle for the idle timeout.
-    stop_when_drained: bool
+    #: End once every assigned partition has reached its end offset.
+    stop_at_end: bool
+    #: End after the idle timeout without a record.
+    stop_when_idle: bool
 
 
-BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, True)
-LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, False)
+BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, stop_at_end=True, stop_when_idle=True)
+LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, stop_at_end=False, stop_when_idle=False)
 
 
 @dataclass(frozen=True)
@@ -303,9 +305,9 @@ class _Loop:
             if budget <= 0:
                 break
             self.settle_all()  # nothing to overlap with: commit what is written
-            if self.policy.stop_when_drained and (
-                caught_up(self.consumer) or time.monotonic() - self.last_data > idle_limit_s
-            ):
+            if self.policy.stop_when_idle and time.monotonic() - self.last_data > idle_limit_s:
+                break
+            if self.policy.stop_at_end and caught_up(self.consumer):
                 break
         if self.pending:  # stop: finish the batch in hand
             self.submit()
@@ -329,15 +331,18 @@ def consume(
     on_batch: Callable[[DecodedBatch, int], None] | None = None,
     hooks: ConsumeHooks | None = None,
     clients: KafkaClients = DEFAULT_CLIENTS,
+    policy: Policy | None = None,
 ) -> RunMetrics:
     """Consume until caught up (batch mode), ``max_messages``, idle, or ``stop`` is set.
 
     ``live=True`` uses the :data:`LIVE` policy (until ``stop``, the file free
-    between writes); otherwise :data:`BATCH`. ``on_batch`` sees each batch once
-    it is committed (a shorthand for ``hooks.after_kafka_commit``). Returns the
-    run's metrics, which are also stored in ``pipeline_metrics``.
+    between writes); otherwise :data:`BATCH`; ``policy`` gives any other (the
+    bench's end-to-end run reads a known count while the producer still
+    writes: ``replace(BATCH, stop_at_end=False)``). ``on_batch`` sees each batch
+    once it is committed (a shorthand for ``hooks.after_kafka_commit``).
+    Returns the run's metrics, which are also stored in ``pipeline_metrics``.
     """
-    policy = LIVE if live else BATCH
+    policy = policy or (LIVE if live else BATCH)
     hooks = hooks or ConsumeHooks()
     if on_batch is not None:
         hooks = ConsumeHooks(hooks.before_store_commit, hooks.before_kafka_commit, on_batch)
@@ -346,7 +351,9 @@ def consume(
     log = get_logger(settings.log_path)
     run_id = uuid.uuid4().hex[:12]
     started_at = datetime.now(UTC)
-    log.info("consume_start", extra={"run_id": run_id, "topic": settings.topic, "live": live})
+    log.info(
+        "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
+    )
     consumer = clients.consumer(settings)
     writer = TickWriter(settings.db_path, hold=policy.hold_store)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)

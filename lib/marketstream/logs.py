@@ -2,7 +2,7 @@
 
 Built on the standard :mod:`logging` module so library users can route the
 same records elsewhere; secrets never reach a record because settings are
-not logged whole (see :meth:`Settings.kafka_client_config`).
+not logged whole (see :func:`marketstream.clients.connection_config`).
 """
 
 from __future__ import annotations

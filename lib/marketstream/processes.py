@@ -72,6 +72,7 @@ def can_bind(host: str, port: int) -> bool:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return False
+    bound = False
     for family, kind, proto, _, address in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -81,7 +82,8 @@ def can_bind(host: str, port: int) -> bool:
                 if exc.errno == errno.EADDRNOTAVAIL:
                     continue  # e.g. ::1 for "localhost" on a host without IPv6
                 return False
-    return True
+            bound = True
+    return bound  # False when no address of host is on this machine
 
 
 def is_local_address(host: str) -> bool:

@@ -167,6 +167,7 @@ class Settings:
             raise SettingsError("MARKET_API_STALE_S must be from 0 to 60 (seconds)")
         if not server_list(self.bootstrap_servers):
             raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is empty; give host:port")
+        _ = self.bootstrap_endpoints  # every server must be host:port, as Kafka requires
         return self
 
     @property

@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,20 +53,18 @@ def consume(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter)
     """Our consumer, exactly as ``marketstream consume`` runs it, for ``n`` messages.
 
     End to end (``concurrent_producer``), the producer is still writing when the
-    consumer catches up with it, and batch mode stops there. The bench knows
-    how many messages will come, so it calls ``consume()`` again, each call
-    resuming from the group's committed offsets, until all ``n`` are processed
-    (or none has come for ``idle_timeout_s``). Every call commits what it
-    stored, so a round boundary loses and duplicates nothing; it costs a group
-    re-join (immediate on the kit's broker, ``group.initial.rebalance.delay.ms=0``).
+    consumer catches up with it, where batch mode would stop. The bench knows
+    how many messages will come, so it runs the batch policy without that stop
+    (``stop_at_end=False``): it ends after ``n`` messages, or once none has come
+    for ``idle_timeout_s``. One run, one group join.
     """
+    from marketstream.consume import BATCH
     from marketstream.consume import consume as consume_run
 
     n = int(cfg["n"])
     idle_s = float(cfg.get("idle_timeout_s", IDLE_TIMEOUT_S))
-    until_all = bool(cfg.get("concurrent_producer"))
+    policy = replace(BATCH, stop_at_end=False) if cfg.get("concurrent_producer") else BATCH
     done = 0
-    totals = {"messages": 0, "rows_inserted": 0, "dead_letters": 0, "rounds": 0}
 
     def on_batch(batch: Any, added: int) -> None:
         nonlocal done
@@ -74,29 +73,22 @@ def consume(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter)
 
     emit("ready")
     started = time.perf_counter()
-    last_data = time.monotonic()
-    while totals["messages"] < n and not stop.is_set():
-        run = consume_run(
-            settings,
-            max_messages=n - totals["messages"],
-            idle_timeout_s=idle_s,
-            stop=stop,
-            progress=False,
-            on_batch=on_batch,
-        )
-        totals["rounds"] += 1
-        totals["messages"] += run.messages_processed
-        totals["rows_inserted"] += run.rows_inserted
-        totals["dead_letters"] += run.errors
-        if run.messages_processed:
-            last_data = time.monotonic()
-        if not until_all or time.monotonic() - last_data > idle_s:
-            break
+    run = consume_run(
+        settings,
+        max_messages=n,
+        idle_timeout_s=idle_s,
+        stop=stop,
+        progress=False,
+        on_batch=on_batch,
+        policy=policy,
+    )
     elapsed = time.perf_counter() - started
     return {
-        **totals,
+        "messages": run.messages_processed,
+        "rows_inserted": run.rows_inserted,
+        "dead_letters": run.errors,
         "elapsed_s": elapsed,
-        "rate": totals["messages"] / elapsed,
+        "rate": run.messages_processed / elapsed,
         "ended_at_epoch": time.time(),
     }
 

@@ -67,10 +67,6 @@ from marketstream.broker.owned import (
 )
 from marketstream.errors import BrokerError, KafkaUnavailable
 
-# Not a broker rule: processes.free_port, re-exported only because tests/test_crash.py,
-# test_live.py and test_voila_browser.py still import it from here.
-from marketstream.processes import free_port
-
 __all__ = [
     "FALLBACK_LOG4J_VERSION",
     "BrokerError",
@@ -85,7 +81,6 @@ __all__ = [
     "fetch_kafka",
     "find_java",
     "find_maven",
-    "free_port",
     "is_valid_cluster_id",
     "java_command",
     "libs_dir",

@@ -39,6 +39,7 @@ from marketstream.broker.config import (
 from marketstream.broker.jars import fetch_kafka, file_lock, find_java, java_command
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import BrokerError, SettingsError
+from marketstream.kafka_errors import no_broker
 from marketstream.processes import can_bind, free_port, is_local_address, terminate
 from marketstream.settings import Settings
 
@@ -79,6 +80,8 @@ class BrokerStatus:
     pid: int | None
     run_dir: Path | None
     log_file: Path | None
+    #: Said when nothing answers (:func:`marketstream.kafka_errors.no_broker`).
+    unreachable_line: str = ""
 
     @property
     def port(self) -> int:
@@ -100,7 +103,7 @@ class BrokerStatus:
                 f"Kafka broker process {self.pid} is running but does not answer at {where}; "
                 f"see {self.log_file}"
             )
-        return f"no Kafka broker answers at {where}; `marketstream broker up` starts a local one"
+        return self.unreachable_line or f"no Kafka broker answers at {where}"
 
 
 # --------------------------------------------------------------------------- run dir
@@ -389,6 +392,7 @@ def broker_status(
         pid=pid,
         run_dir=run_dir if run_dir.is_dir() else None,
         log_file=log_file if log_file.is_file() else None,
+        unreachable_line=no_broker(settings),
     )
 
 
