@@ -179,18 +179,16 @@ class RecordingConnection:
 
 
 @contextlib.contextmanager
-def watch_duckdb(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[bool], list[str]]]:
+def watch_duckdb() -> Iterator[tuple[list[bool], list[str]]]:
     """Record the ``read_only`` flag of every connection the store opens, and its SQL."""
     modes: list[bool] = []
     sql_log: list[str] = []
-    real_connect = duckdb.connect
 
-    def connect(database: str = ":memory:", read_only: bool = False, **kwargs: Any):
+    def observe(con: Any, _path: Any, read_only: bool) -> RecordingConnection:
         modes.append(read_only)
-        return RecordingConnection(real_connect(database, read_only=read_only, **kwargs), sql_log)
+        return RecordingConnection(con, sql_log)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(store.duckdb, "connect", connect)
+    with store.observe_connections(observe):
         yield modes, sql_log
 
 
@@ -351,18 +349,18 @@ def fuzz_path(
 # --------------------------------------------------------------------------- tests
 
 
-def test_fuzz_every_endpoint_against_a_real_store(spec, real_db, tmp_path, monkeypatch):
+def test_fuzz_every_endpoint_against_a_real_store(spec, real_db, tmp_path):
     before = fingerprint(real_db)
     client = make_app(real_db, tmp_path).test_client()
-    with watch_duckdb(monkeypatch) as (modes, _sql):
+    with watch_duckdb() as (modes, _sql):
         fuzz(spec, client, allowed_5xx=set())
     assert modes and all(modes), "the API opened the store for writing"
     assert fingerprint(real_db) == before
 
 
-def test_fuzz_every_endpoint_without_a_store(spec, missing_db, tmp_path, monkeypatch):
+def test_fuzz_every_endpoint_without_a_store(spec, missing_db, tmp_path):
     client = make_app(missing_db, tmp_path).test_client()
-    with watch_duckdb(monkeypatch) as (modes, _sql):
+    with watch_duckdb() as (modes, _sql):
         fuzz(spec, client, allowed_5xx={503})
     assert all(modes)
     assert not missing_db.parent.exists(), "the API created the store or its folder"
@@ -397,9 +395,7 @@ def test_undeclared_paths_and_methods_are_json_errors(real_db, tmp_path):
         ("/runs", "limit"),
     ],
 )
-def test_sql_injection_is_rejected_or_harmless(
-    path, parameter, real_db, tmp_path, monkeypatch
-) -> None:
+def test_sql_injection_is_rejected_or_harmless(path, parameter, real_db, tmp_path) -> None:
     """Each injection string: a 400 naming the parameter, or (for the few that are a
     valid symbol shape) a 200 with no rows; the store is untouched either way."""
     before = fingerprint(real_db)
@@ -414,12 +410,12 @@ def test_sql_injection_is_rejected_or_harmless(
     assert store.tick_count(real_db) == 360
 
 
-def test_user_text_reaches_duckdb_only_as_bound_parameters(real_db, tmp_path, monkeypatch):
+def test_user_text_reaches_duckdb_only_as_bound_parameters(real_db, tmp_path):
     """A symbol that passes validation and looks like SQL travels as a parameter: the
     SQL text DuckDB runs never contains it, and it matches nothing."""
     marker = "XQ9ZV-DROP_TABLE.MARKET_TICKS"
     client = make_app(real_db, tmp_path).test_client()
-    with watch_duckdb(monkeypatch) as (modes, sql_log):
+    with watch_duckdb() as (modes, sql_log):
         response = client.get("/candles", query_string={"symbol": marker, "interval": "5s"})
         assert response.status_code == 200 and orjson.loads(response.get_data()) == []
         since = "2025-01-06T14:31:00Z"
@@ -492,9 +488,9 @@ needs_schemathesis = pytest.mark.skipif(
 
 
 @needs_schemathesis
-def test_schemathesis_against_a_real_store(real_db, tmp_path, monkeypatch):
+def test_schemathesis_against_a_real_store(real_db, tmp_path):
     before = fingerprint(real_db)
-    with watch_duckdb(monkeypatch) as (modes, _sql):
+    with watch_duckdb() as (modes, _sql):
         calls = schemathesis_fuzz(make_app(real_db, tmp_path), set(), max_examples=50)
     assert calls > 100
     assert modes and all(modes)

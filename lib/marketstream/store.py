@@ -14,6 +14,7 @@ readers open it read-only and retry briefly when the writer holds the lock
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -181,6 +182,37 @@ def _is_lock_error(exc: Exception) -> bool:
     return any(marker in str(exc).lower() for marker in _LOCK_MARKERS)
 
 
+#: ``observer(connection, path, read_only) -> connection`` (see :func:`observe_connections`).
+ConnectionObserver = Callable[[duckdb.DuckDBPyConnection, Path, bool], Any]
+
+_observers: list[ConnectionObserver] = []
+_observers_lock = threading.Lock()
+
+
+@contextmanager
+def observe_connections(observer: ConnectionObserver) -> Iterator[None]:
+    """While active, every connection the store opens goes through ``observer``.
+
+    The seam for tests that must see how the store talks to DuckDB (read-only
+    mode, bound parameters) without patching ``duckdb.connect``. Process-wide,
+    not per context: the API cache refreshes on background threads.
+    """
+    with _observers_lock:
+        _observers.append(observer)
+    try:
+        yield
+    finally:
+        with _observers_lock:
+            _observers.remove(observer)
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), read_only=read_only)
+    for observer in tuple(_observers):
+        con = observer(con, path, read_only)
+    return con
+
+
 def _connect_with_retry(
     path: Path, *, read_only: bool, timeout_s: float
 ) -> duckdb.DuckDBPyConnection:
@@ -189,7 +221,7 @@ def _connect_with_retry(
     delay = 0.002
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return _connect(path, read_only)
         except duckdb.Error as exc:
             if not _is_lock_error(exc) or time.monotonic() >= deadline:
                 if _is_lock_error(exc):
