@@ -46,7 +46,7 @@ bench: setup
 	$(BIN)/marketstream bench -n $(N)
 
 soak: setup
-	$(BIN)/python -m marketstream.bench.soak --n $(N)
+	$(BIN)/marketstream soak -n $(N)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -1,6 +1,6 @@
 """The soak harness (:mod:`marketstream.bench.soak`) on a real broker, and its RSS sampler.
 
-``python -m marketstream.bench.soak --n 1000000`` is the evidence that the
+``marketstream soak -n 1000000`` is the evidence that the
 consumer's memory does not grow with the number of ticks; here a small run
 checks that the harness lands every tick, reports a curve and cleans up.
 """
@@ -19,7 +19,7 @@ from marketstream.bench.soak import CHECKPOINTS, _rss, run_soak
 
 @pytest.mark.integration
 def test_soak_harness_small_run_lands_every_tick_with_flat_memory(fresh):
-    """``python -m marketstream.bench.soak --n 1000000`` on 60,000 ticks: every tick lands
+    """``marketstream soak -n 1000000`` on 60,000 ticks: every tick lands
     and the consumer's RSS curve is reported (the 1M run is the real evidence)."""
     report = run_soak(fresh, 60_000, own_names=False, progress=False, interval_s=0.1)
     print("\n" + report.describe())

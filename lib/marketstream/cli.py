@@ -1,4 +1,4 @@
-"""The ``marketstream`` command: broker, generate, produce, consume, pipeline, live, bench.
+"""The ``marketstream`` command: broker, generate, produce, consume, pipeline, live, bench, soak.
 
 Expected failures (no broker, no Java, a bad setting, a missing file) print
 one line saying what went wrong and what to do, and exit non-zero; only a
@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from marketstream.errors import MarketstreamError
 from marketstream.settings import Settings
@@ -134,6 +135,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(settings, n_ticks=args.n, output=args.output, progress=not args.quiet)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from marketstream.bench.soak import run_soak
+
+    settings = _settings(args)
+    if args.batch_size is not None:
+        settings = settings.with_(batch_size=args.batch_size)
+    report = run_soak(settings, args.n, keep=args.keep, progress=not args.quiet)
+    print(report.describe())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(report.to_json())
+    return 0 if report.rows == args.n else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All verbs and their options (every option also has an environment variable)."""
     parser = argparse.ArgumentParser(
@@ -185,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
     p.add_argument("--output", default="bench/latest.json")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "soak", parents=[common], help="N ticks through a consumer process; its memory reported"
+    )
+    p.add_argument("-n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
+    p.add_argument("--batch-size", type=int, help="records per poll/transaction")
+    p.add_argument("--keep", action="store_true", help="keep the topic and DuckDB file")
+    p.add_argument("--json", type=Path, help="also write the report (all samples) here")
+    p.set_defaults(func=cmd_soak)
     return parser
 
 

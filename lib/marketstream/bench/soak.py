@@ -1,6 +1,6 @@
 """Soak run: N ticks through a real broker into DuckDB while the consumer's memory is watched.
 
-``python -m marketstream.bench.soak --n 1000000`` produces N ticks (a streamed random
+``marketstream soak -n 1000000`` produces N ticks (a streamed random
 walk, never all in memory) to a topic of its own, then runs the real consumer
 (``marketstream consume``) as a child process over the whole backlog and
 samples its resident memory (RSS) a few times a second against its progress
@@ -24,7 +24,6 @@ SIGTERM, then SIGKILL, if the run fails.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -41,7 +40,7 @@ import orjson
 import psutil
 
 from marketstream.clients import DEFAULT_CLIENTS
-from marketstream.errors import MarketstreamError, SoakError
+from marketstream.errors import SoakError
 from marketstream.processes import child_env, start_child
 from marketstream.settings import Settings
 from marketstream.ticks import DEFAULT_START, RandomWalk, Tick
@@ -281,36 +280,3 @@ def run_soak(
         store.remove_db(settings.db_path)
         consumer_output(settings).unlink(missing_ok=True)
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m marketstream.bench.soak``: 0 if every tick landed, 1 if not, 2 on an error."""
-    parser = argparse.ArgumentParser(
-        prog="python -m marketstream.bench.soak",
-        description="Produce N ticks, consume them with `marketstream consume` in a child "
-        "process, and report the consumer's memory (RSS) along the way.",
-    )
-    parser.add_argument("--n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
-    parser.add_argument("--batch-size", type=int, help="records per poll/transaction")
-    parser.add_argument("--keep", action="store_true", help="keep the topic and DuckDB file")
-    parser.add_argument("--json", type=Path, help="also write the report (all samples) here")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env(batch_size=args.batch_size)
-        report = run_soak(settings, args.n, keep=args.keep, progress=not args.quiet)
-    except (MarketstreamError, FileNotFoundError) as exc:
-        print(f"soak: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("soak: interrupted", file=sys.stderr)
-        return 130
-    print(report.describe())
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(report.to_json())
-    return 0 if report.rows == args.n else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
