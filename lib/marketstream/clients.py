@@ -65,6 +65,13 @@ def connection_config(settings: Settings) -> dict[str, object]:
         config["sasl_plain_password"] = settings.sasl_password
     if settings.ssl_cafile:
         config["ssl_cafile"] = settings.ssl_cafile
+    if settings.ssl_certfile:  # mTLS: the client proves who it is with a certificate
+        config["ssl_certfile"] = settings.ssl_certfile
+        config["ssl_keyfile"] = settings.ssl_keyfile
+        if settings.ssl_password:
+            config["ssl_password"] = settings.ssl_password
+    if "SSL" in settings.security_protocol.upper():
+        config["ssl_check_hostname"] = settings.ssl_check_hostname
     return config
 
 
@@ -115,7 +122,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "linger_ms": LINGER_MS,
         "batch_size": BATCH_BYTES,
         "max_request_size": 4 * 1024 * 1024,
-        "compression_type": None,
+        "compression_type": None if settings.compression == "none" else settings.compression,
         "partitioner": KeyCachingPartitioner(),
     }
 
@@ -133,6 +140,9 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "fetch_min_bytes": 1,
         "fetch_max_wait_ms": 100,
         "consumer_timeout_ms": float("inf"),
+        # Upstream transactional producers: aborted ticks must never land, and a
+        # transaction's ticks appear only once it commits.
+        "isolation_level": settings.isolation_level,
     }
 
 

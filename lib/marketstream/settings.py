@@ -31,6 +31,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
+#: Producer codecs kafka-python can write (and, with its optional libraries, read).
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
 
 @dataclass(frozen=True)
 class Option:
@@ -54,6 +59,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("sasl_username", "KAFKA_SASL_USERNAME", "SASL user"),
     Option("sasl_password", "KAFKA_SASL_PASSWORD", "SASL password", secret=True),
     Option("ssl_cafile", "KAFKA_SSL_CAFILE", "CA certificate (PEM) to trust"),
+    Option("ssl_certfile", "KAFKA_SSL_CERTFILE", "client certificate (PEM), for mTLS"),
+    Option("ssl_keyfile", "KAFKA_SSL_KEYFILE", "client private key (PEM), for mTLS"),
+    Option("ssl_password", "KAFKA_SSL_PASSWORD", "password of the client key", secret=True),
+    Option("ssl_check_hostname", "KAFKA_SSL_CHECK_HOSTNAME", "verify the broker's host name"),
+    Option("compression", "KAFKA_COMPRESSION", "producer codec: none, gzip, snappy, lz4, zstd"),
+    Option("isolation_level", "KAFKA_ISOLATION_LEVEL", "read_committed or read_uncommitted"),
+    Option("replication_factor", "KAFKA_REPLICATION_FACTOR", "replicas of topics the kit creates"),
+    Option("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS", "min.insync.replicas of them"),
     Option("db_path", "MARKET_DB_PATH", "the DuckDB file"),
     Option("csv_path", "MARKET_CSV_PATH", "the tick CSV"),
     Option("log_path", "MARKET_LOG_PATH", "the JSON-lines log"),
@@ -111,6 +124,14 @@ class Settings:
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_password: str = field(default="", repr=False)
+    ssl_check_hostname: bool = True
+    compression: str = "none"
+    isolation_level: str = "read_committed"
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -168,6 +189,29 @@ class Settings:
         if not server_list(self.bootstrap_servers):
             raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is empty; give host:port")
         _ = self.bootstrap_endpoints  # every server must be host:port, as Kafka requires
+        if self.compression not in COMPRESSIONS:
+            raise SettingsError(
+                f"KAFKA_COMPRESSION={self.compression!r}: use one of {', '.join(COMPRESSIONS)}"
+            )
+        if self.isolation_level not in ISOLATION_LEVELS:
+            raise SettingsError(
+                f"KAFKA_ISOLATION_LEVEL={self.isolation_level!r}: use read_committed "
+                "(aborted transactions never land) or read_uncommitted"
+            )
+        if self.replication_factor < 1:
+            raise SettingsError("KAFKA_REPLICATION_FACTOR must be at least 1")
+        if self.min_insync_replicas < 1:
+            raise SettingsError("KAFKA_MIN_INSYNC_REPLICAS must be at least 1")
+        if self.security_protocol.upper() not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol!r}: use one of "
+                f"{', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise SettingsError(
+                "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (a client certificate "
+                "and its key, for mTLS); set both or neither"
+            )
         return self
 
     @property
@@ -191,7 +235,7 @@ class Settings:
         return (
             self.security_protocol.upper() != "PLAINTEXT"
             or bool(self.sasl_mechanism)
-            or bool(self.ssl_cafile)
+            or bool(self.ssl_cafile or self.ssl_certfile)
         )
 
 
@@ -199,7 +243,13 @@ _DEFAULTS = Settings()
 _KINDS: dict[str, type] = {f.name: type(getattr(_DEFAULTS, f.name)) for f in fields(Settings)}
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
@@ -214,6 +264,15 @@ def _parse(option: Option, value: Any, *, source: str) -> object:
         if not symbols:
             raise SettingsError(f"{source}={value!r} is empty; give a comma-separated list")
         return symbols
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise SettingsError(f"{source}={value!r} is not true or false")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
