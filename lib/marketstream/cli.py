@@ -72,10 +72,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_kafka(settings: Settings) -> None:
+    """One line naming what is wrong with the connection, before a client would wait out
+    its bootstrap timeout (a wrong password is otherwise "Unable to bootstrap" after 30 s)."""
+    from marketstream.clients import DEFAULT_CLIENTS
+
+    DEFAULT_CLIENTS.check(settings)
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
-    from marketstream.produce import produce_csv
+    from marketstream.produce import produce_csv, require_csv
 
     settings = _settings(args)
+    require_csv(settings.csv_path)  # local problems first: they need no broker
+    _require_kafka(settings)
     summary = produce_csv(settings.csv_path, settings, progress=not args.quiet)
     print(summary.describe())
     for problem in summary.problems:
@@ -87,6 +97,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from marketstream.consume import consume
 
     settings = _settings(args)
+    _require_kafka(settings)
     run = consume(
         settings,
         max_messages=args.max_messages,
@@ -106,7 +117,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from marketstream.pipeline import run_pipeline
 
     settings = _settings(args)
-    summary = run_pipeline(settings, fresh=args.fresh, keep_broker=args.keep_broker)
+    summary = run_pipeline(
+        settings, fresh=args.fresh, keep_broker=args.keep_broker, progress=not args.quiet
+    )
     print(summary.describe())
     if summary.broker_started and args.keep_broker:
         print("  the broker is still running: `marketstream broker down` stops it")

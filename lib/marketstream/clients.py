@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import AuthorizationError, KafkaError
 from kafka.partitioner import DefaultPartitioner
 
+from marketstream import kafka_errors, probe
 from marketstream.addresses import server_list
 from marketstream.errors import KafkaUnavailable
 from marketstream.kafka_errors import no_broker
 from marketstream.logs import redact_kafka_secrets
-from marketstream.processes import port_open
 from marketstream.settings import Settings
 
 #: Producer batching (see the module docstring).
@@ -46,6 +46,12 @@ BATCH_BYTES = 256 * 1024
 
 #: Admin requests (create/delete topic) wait this long for the controller.
 ADMIN_TIMEOUT_MS = 15_000
+
+#: How long the probe client waits for a broker's metadata before the
+#: step-by-step check looks for the reason. A local broker answers in 30-50 ms
+#: (TLS and SCRAM included) and a remote one within a few round trips; this
+#: bounds how long a wrong password or certificate takes to be reported.
+PROBE_TIMEOUT_S = 2.0
 
 
 def connection_config(settings: Settings) -> dict[str, object]:
@@ -173,8 +179,8 @@ class KafkaClients:
     def _build(self, cls: Callable[..., Any], settings: Settings, config: dict) -> Any:
         try:
             return cls(**config)
-        except KafkaTimeoutError:
-            raise KafkaUnavailable(no_broker(settings)) from None
+        except KafkaError:  # kafka-python says "Unable to bootstrap": find out why
+            raise KafkaUnavailable(self.diagnose(settings) or no_broker(settings)) from None
 
     def producer(self, settings: Settings, **overrides: object) -> Any:
         """A producer (see :func:`producer_config`), options overridable."""
@@ -196,16 +202,9 @@ class KafkaClients:
         config = {**connection_config(settings), "request_timeout_ms": ADMIN_TIMEOUT_MS}
         return self._build(self.admin_class, settings, {**config, **overrides})
 
-    def reachable(self, settings: Settings, timeout_s: float = 3.0) -> bool:
-        """True if a Kafka broker answers a metadata request with the settings' security.
-
-        A TCP check first: when nothing listens (the common case before the kit
-        starts its broker) that answers in a millisecond instead of a client's
-        bootstrap timeout.
-        """
-        endpoints = settings.bootstrap_endpoints
-        if not any(port_open(h, p, min(timeout_s, 1.0)) for h, p in endpoints):
-            return False
+    def _ask(self, settings: Settings, timeout_s: float) -> BaseException | None:
+        """Ask a probe admin client for the cluster's brokers: None if they came back,
+        else what went wrong. Denied cluster metadata is still an answer."""
         timeout_ms = max(int(timeout_s * 1000), 500)
         with _quiet_kafka_logging():
             try:
@@ -216,16 +215,65 @@ class KafkaClients:
                     request_timeout_ms=timeout_ms,
                     reconnect_backoff_max_ms=1000,
                 )
-            except Exception:
-                return False
+            except Exception as exc:
+                return exc
             try:
-                return bool(admin.describe_cluster().get("brokers"))
-            except Exception:
-                return False
+                brokers = admin.describe_cluster().get("brokers")
+                return None if brokers else KafkaUnavailable("the broker listed no brokers")
+            except AuthorizationError:
+                return None
+            except Exception as exc:
+                return exc
             finally:
                 with contextlib.suppress(Exception):
                     admin.close()
 
+    def reachable(self, settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """True if a Kafka broker answers a metadata request with the settings' security.
+
+        A TCP check first: when nothing listens (the common case before the kit
+        starts its broker) that answers in a millisecond instead of a client's
+        bootstrap timeout.
+        """
+        if not probe.any_port_open(settings, min(timeout_s, 1.0)):
+            return False
+        return self._ask(settings, timeout_s) is None
+
+    def diagnose(self, settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+        """None if a Kafka broker answers with these settings, else the one-line reason.
+
+        The probe client asks first (so a broker that answers costs one metadata
+        request); only if it gets no answer does :func:`marketstream.probe.check`
+        retrace DNS, TCP, TLS, the Kafka listener and the SASL login to name the
+        step that fails. If every step passes, the client's own error is named.
+        """
+        if not probe.any_port_open(settings, min(timeout_s, 1.0)):
+            return probe.check(settings, timeout_s) or no_broker(settings)
+        error = self._ask(settings, timeout_s)
+        if error is None:
+            return None
+        found = probe.check(settings, timeout_s)
+        if found is not None:
+            return found
+        return kafka_errors.bootstrap_failed(settings, error, timeout_s)
+
+    def check(self, settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        """Raise :class:`KafkaUnavailable` with :meth:`diagnose`'s line unless a broker answers.
+
+        For the CLI, before a client would wait out its own bootstrap timeout.
+        """
+        problem = self.diagnose(settings, timeout_s)
+        if problem is not None:
+            raise KafkaUnavailable(problem)
+
 
 #: The clients the kit uses unless a caller (a test) passes its own.
 DEFAULT_CLIENTS = KafkaClients()
+
+
+def diagnose(
+    settings: Settings, timeout_s: float = PROBE_TIMEOUT_S, clients: KafkaClients = DEFAULT_CLIENTS
+) -> str | None:
+    """None if a Kafka broker answers with these settings, else the one-line reason
+    (:meth:`KafkaClients.diagnose`)."""
+    return clients.diagnose(settings, timeout_s)

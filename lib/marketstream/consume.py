@@ -371,6 +371,7 @@ def consume(
                 settings,
                 f"consuming {settings.topic}",
                 "every batch stored so far is committed; a new run resumes after it",
+                operation="read",
             )
         ) from None
     finally:

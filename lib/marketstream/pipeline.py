@@ -3,23 +3,30 @@
 The notebooks *are* the pipeline, so the walkthrough a newcomer reads and
 the job that runs in CI can never drift apart. Each executed notebook is kept
 in the output folder as the record of the run.
+
+Secrets (the SASL password, the client key's password) are not notebook
+parameters: papermill writes its parameters into the executed notebook, so a
+run against a secured cluster left the password in ``output/*.ipynb``. They
+reach the kernels through the environment instead (kernels inherit this
+process's environment), set for the run and restored after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import papermill
 
 from marketstream import store
 from marketstream.broker import owned_broker
 from marketstream.errors import PipelineError
 from marketstream.logs import get_logger
 from marketstream.produce import delete_topic
-from marketstream.settings import PROJECT_ROOT, Settings
+from marketstream.settings import OPTIONS, PROJECT_ROOT, Settings
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
@@ -58,13 +65,51 @@ def notebook_parameters(settings: Settings) -> dict[str, object]:
     A notebook builds ``Settings.from_env(**settings_overrides)``, so every
     field the caller set (consumer group, partitions, batch size, security...)
     wins over the kernel's environment. Handing over a chosen few let the
-    environment silently replace the rest.
+    environment silently replace the rest. Secret fields are left out: they
+    go through the kernel's environment (:func:`secrets_for_kernels`).
     """
-    return {SETTINGS_PARAMETER: settings.to_overrides()}
+    overrides = settings.to_overrides()
+    for option in OPTIONS:
+        if option.secret:
+            overrides.pop(option.name, None)
+    return {SETTINGS_PARAMETER: overrides}
+
+
+@contextlib.contextmanager
+def secrets_for_kernels(settings: Settings) -> Iterator[None]:
+    """Put the settings' secrets into this process's environment while kernels start.
+
+    Each is set to the settings' value, or removed if that is empty, so a
+    kernel's ``Settings.from_env`` sees exactly the caller's; the previous
+    environment is restored afterwards.
+    """
+    secret = [option for option in OPTIONS if option.secret]
+    saved = {option.env: os.environ.get(option.env) for option in secret}
+    try:
+        for option in secret:
+            value = getattr(settings, option.name)
+            if value:
+                os.environ[option.env] = value
+            else:
+                os.environ.pop(option.env, None)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Logger) -> Path:
-    """Execute one notebook into the output folder; a failure names the notebook and its copy."""
+    """Execute one notebook into the output folder; a failure names the notebook and its copy.
+
+    papermill is imported here, not at the top: its import (nbformat's JSON
+    schema validators) takes 2.5-4.5 s on the demo machine, and a pipeline
+    that cannot reach its broker should say so before paying for it.
+    """
+    import papermill
+
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     source = NOTEBOOK_DIR / f"{name}.ipynb"
     target = settings.output_dir / f"{name}.ipynb"
@@ -76,6 +121,9 @@ def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Lo
             cwd=str(NOTEBOOK_DIR),
             progress_bar=progress,
             kernel_name="python3",
+            # ipykernel 7 warns on stderr at every start that its local TCP is not
+            # encrypted: four lines per run that would bury the one error line
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except papermill.PapermillExecutionError as exc:
         log.error("pipeline_error", extra={"notebook": name, "error": f"{exc.ename}: {exc.evalue}"})
@@ -106,7 +154,8 @@ def run_pipeline(
         if fresh:
             delete_topic(settings)
             store.remove_db(settings.db_path)
-        outputs = [_run_notebook(name, settings, progress, log) for name in notebooks]
+        with secrets_for_kernels(settings):
+            outputs = [_run_notebook(name, settings, progress, log) for name in notebooks]
     runs = store.pipeline_runs(settings.db_path, limit=1)
     throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
     summary = PipelineSummary(

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import AuthorizationError, KafkaError, TopicAlreadyExistsError
 from tqdm.auto import tqdm
 
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import ProduceError
-from marketstream.kafka_errors import explain
+from marketstream.kafka_errors import authorization_error, explain
 from marketstream.settings import Settings
 from marketstream.ticks import CsvProblem, Tick, read_csv
 
@@ -37,6 +37,7 @@ __all__ = [
     "ensure_topic",
     "produce_csv",
     "produce_ticks",
+    "require_csv",
 ]
 
 #: How long a deleted topic may take to disappear from the metadata (KRaft: ~0.2 s here).
@@ -67,7 +68,11 @@ class ProduceSummary:
 
 
 def ensure_topic(settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS) -> bool:
-    """Create the topic with ``settings.partitions`` partitions if missing; True if created."""
+    """Create the topic with ``settings.partitions`` partitions if missing; True if created.
+
+    A user whose ACLs do not allow creating it gets one line saying which ACL
+    to ask for (a user who may not even describe it sees it as missing).
+    """
     admin = clients.admin(settings)
     try:
         if settings.topic in admin.list_topics():
@@ -78,6 +83,16 @@ def ensure_topic(settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS) ->
         return True
     except TopicAlreadyExistsError:
         return False
+    except AuthorizationError as exc:
+        raise ProduceError(
+            explain(
+                exc,
+                settings,
+                f"creating topic {settings.topic}",
+                "nothing was sent",
+                operation="create",
+            )
+        ) from None
     finally:
         admin.close()
 
@@ -116,9 +131,12 @@ def produce_ticks(
     producer = producer or clients.producer(settings)
     summary = ProduceSummary()
     failures: list[str] = []
+    refused: list[KafkaError] = []
 
     def on_error(exc: BaseException) -> None:
         failures.append(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, KafkaError) and authorization_error(exc) is not None:
+            refused.append(exc)
 
     started = time.perf_counter()
     attempted = 0
@@ -150,11 +168,27 @@ def produce_ticks(
     finally:
         if own:
             producer.close()
+    if refused and len(refused) == attempted:  # an ACL, not a flaky broker: one line
+        raise ProduceError(
+            explain(
+                refused[0],
+                settings,
+                f"producing to {settings.topic}",
+                "no tick was written",
+                operation="write to",
+            )
+        )
     summary.elapsed_s = time.perf_counter() - started
     summary.failed = len(failures)
     summary.sent = attempted - summary.failed
     summary.problems.extend(failures[:20])
     return summary
+
+
+def require_csv(path: Path) -> None:
+    """Raise :class:`ProduceError` if there is no CSV at ``path``."""
+    if not path.exists():
+        raise ProduceError(f"no CSV at {path}; generate one first (marketstream generate)")
 
 
 def count_csv_rows(path: Path) -> int:
@@ -171,8 +205,7 @@ def produce_csv(
     clients: KafkaClients = DEFAULT_CLIENTS,
 ) -> ProduceSummary:
     """Send a CSV of ticks (the seed's columns) to the topic."""
-    if not path.exists():
-        raise ProduceError(f"no CSV at {path}; generate one first (marketstream generate)")
+    require_csv(path)
     return produce_ticks(
         read_csv(path), settings, total=count_csv_rows(path), progress=progress, clients=clients
     )

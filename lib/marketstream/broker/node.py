@@ -19,15 +19,16 @@ SIGKILL after 30 s.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from marketstream.addresses import server_list, split_host_port
+from marketstream.addresses import join_host_port, server_list, split_host_port
 from marketstream.broker.config import (
     excerpt,
     listener_hosts,
@@ -37,6 +38,7 @@ from marketstream.broker.config import (
     render_server_properties,
 )
 from marketstream.broker.jars import fetch_kafka, file_lock, find_java, java_command
+from marketstream.broker.security import ListenerSecurity, scram_arguments
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import BrokerError, SettingsError
 from marketstream.kafka_errors import no_broker
@@ -208,23 +210,59 @@ def _controller_port(props_file: Path, host: str, avoid: int) -> int:
             return port
 
 
-def _format_storage(java: str, libs: Path, run_dir: Path, props_file: Path) -> None:
-    """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done)."""
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds passwords)."""
+    path.unlink(missing_ok=True)  # a new inode: an old file's looser mode is not kept
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _argfile_token(arg: str) -> str:
+    """One argument of a JVM ``@argfile``, quoted (the file's own syntax, not a shell's)."""
+    if "'" in arg or "\\" in arg or "\n" in arg:
+        raise BrokerError("a StorageTool argument has a quote, backslash or newline")
+    return f"'{arg}'"
+
+
+def _format_storage(
+    java: str,
+    libs: Path,
+    run_dir: Path,
+    props_file: Path,
+    *,
+    scram: Sequence[str] = (),
+    secrets: Sequence[str] = (),
+) -> None:
+    """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done).
+
+    ``scram`` are ``--add-scram`` arguments (:func:`scram_arguments`): they hold
+    passwords, so the main class and its arguments go into a private JVM
+    ``@argfile``, deleted right after, and ``ps`` shows only its path;
+    ``secrets`` are blanked out of the tool's output before it is quoted in an error.
+    """
     data = run_dir / "data"
     if (data / "meta.properties").is_file():
         return
-    cmd = java_command(
-        java,
-        libs,
-        STORAGE_TOOL,
-        ["format", "--standalone", "-t", new_cluster_id(), "-c", str(props_file)],
-        extra=[f"-Dlog4j2.configurationFile={run_dir / 'log4j2.properties'}"],
-    )
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    args = ["format", "--standalone", "-t", new_cluster_id(), "-c", str(props_file), *scram]
+    extra = [f"-Dlog4j2.configurationFile={run_dir / 'log4j2.properties'}"]
+    argfile = run_dir / ".format.args"
+    if scram:
+        _write_private(argfile, "\n".join(_argfile_token(a) for a in [STORAGE_TOOL, *args]))
+        cmd = java_command(java, libs, f"@{argfile}", [], extra=extra)  # main class in the file
+    else:
+        cmd = java_command(java, libs, STORAGE_TOOL, args, extra=extra)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        argfile.unlink(missing_ok=True)
     if done.returncode != 0:
+        output = done.stdout + done.stderr
+        for secret in secrets:
+            output = output.replace(secret, "***")
         raise BrokerError(
             f"Kafka's StorageTool could not format {data} (exit {done.returncode}): "
-            f"{excerpt(done.stdout + done.stderr)}; delete {run_dir} to start from scratch"
+            f"{excerpt(output)}; delete {run_dir} to start from scratch"
         )
 
 
@@ -261,8 +299,43 @@ def _wait_ready(
     )
 
 
-def _prepare(settings: Settings, run_dir: Path, say: Callable[[str], None] | None) -> list[str]:
-    """Fetch the jars, write the configs, format the storage once; return the JVM command."""
+def _write_keystore(run_dir: Path, security: ListenerSecurity) -> Path:
+    """The PEM keystore Kafka reads: the listener's key, then its certificate chain."""
+    assert security.keyfile is not None and security.certfile is not None
+    keystore = run_dir / "client-listener.keystore.pem"
+    try:
+        key = security.keyfile.read_text(encoding="ascii")
+        chain = security.certfile.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerError(f"cannot read the listener's key or certificate: {exc}") from None
+    if "BEGIN PRIVATE KEY" not in key and "BEGIN ENCRYPTED PRIVATE KEY" not in key:
+        raise BrokerError(
+            f"{security.keyfile} is not a PKCS#8 PEM key, which Kafka's PEM keystore needs; "
+            f"convert it: openssl pkcs8 -topk8 -nocrypt -in {security.keyfile}"
+        )
+    _write_private(keystore, key.rstrip() + "\n" + chain.strip() + "\n")
+    return keystore
+
+
+def _internal_port(avoid: Sequence[int]) -> int:
+    """A free port on 127.0.0.1 for the INTERNAL listener, none of ``avoid``."""
+    while True:
+        port = free_port()
+        if port not in avoid:
+            return port
+
+
+def _prepare(
+    settings: Settings,
+    run_dir: Path,
+    say: Callable[[str], None] | None,
+    security: ListenerSecurity | None = None,
+) -> list[str]:
+    """Fetch the jars, write the configs, format the storage once; return the JVM command.
+
+    With ``security``, ``server.properties`` holds passwords (JAAS lines), so it
+    and the keystore are written readable by their owner only.
+    """
     host, port = settings.bootstrap_host_port
     java = find_java()
     libs = fetch_kafka(settings, say=say)
@@ -270,15 +343,30 @@ def _prepare(settings: Settings, run_dir: Path, say: Callable[[str], None] | Non
     data.mkdir(parents=True, exist_ok=True)
     props_file = run_dir / "server.properties"
     controller_port = _controller_port(props_file, host, port)
-    props_file.write_text(
-        render_server_properties(
-            host, port, controller_port, data, num_partitions=settings.partitions
-        ),
-        encoding="utf-8",
+    secured: dict[str, object] = {}
+    if security is not None:
+        secured = {
+            "security": security,
+            "internal_port": _internal_port((port, controller_port)),
+            "keystore": _write_keystore(run_dir, security) if security.ssl else None,
+        }
+    text = render_server_properties(
+        host, port, controller_port, data, num_partitions=settings.partitions, **secured
     )
+    if security is not None:
+        _write_private(props_file, text)
+    else:
+        props_file.write_text(text, encoding="utf-8")
     log_config = run_dir / "log4j2.properties"
     log_config.write_text(render_log4j2_config(_log_file(run_dir)), encoding="utf-8")
-    _format_storage(java, libs, run_dir, props_file)
+    _format_storage(
+        java,
+        libs,
+        run_dir,
+        props_file,
+        scram=scram_arguments(security) if security is not None else (),
+        secrets=security.secrets if security is not None else (),
+    )
     return java_command(
         java,
         libs,
@@ -316,6 +404,7 @@ def start_broker(
     wait_s: float = 90,
     say: Callable[[str], None] | None = None,
     clients: KafkaClients = DEFAULT_CLIENTS,
+    security: ListenerSecurity | None = None,
 ) -> BrokerStatus:
     """Start a local broker on ``settings.bootstrap_host_port`` and wait until it answers.
 
@@ -324,7 +413,17 @@ def start_broker(
     second one. The JVM is detached (own session), so it outlives the caller
     until :func:`stop_broker`; a broker that fails to come up is always stopped.
     ``say`` hears the progress of a first jar fetch (see :func:`fetch_kafka`).
+
+    ``security`` secures the client listener (:class:`ListenerSecurity`); the
+    settings are then those of a client of that listener (protocol, mechanism,
+    user, CA, client certificate), because the readiness probe is such a client.
+    SCRAM users are added when the storage is first formatted, so a run dir
+    keeps the users it was created with.
     """
+    if security is not None:
+        mismatch = security.mismatch(settings.security_protocol, settings.sasl_mechanism)
+        if mismatch:
+            raise BrokerError(f"cannot wait for a {security.protocol} broker: {mismatch}")
     run_dir = (run_dir or default_run_dir(settings)).resolve()
     if clients.reachable(settings):
         return broker_status(settings, run_dir=run_dir, clients=clients)
@@ -344,7 +443,7 @@ def start_broker(
                 f"port {port} is in use by another program that does not speak Kafka; "
                 f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}"
             )
-        cmd = _prepare(settings, run_dir, say)
+        cmd = _prepare(settings, run_dir, say, security)
         log_file = _log_file(run_dir)
         log_offset = log_file.stat().st_size if log_file.is_file() else 0  # after the format
         proc = _spawn(cmd, run_dir)
@@ -385,27 +484,37 @@ def broker_status(
     run_dir = (run_dir or default_run_dir(settings)).resolve()
     pid = _managed_pid(run_dir)
     log_file = _log_file(run_dir)
+    reachable = clients.reachable(settings)
     return BrokerStatus(
         bootstrap_servers=settings.bootstrap_servers,
-        reachable=clients.reachable(settings),
+        reachable=reachable,
         managed=pid is not None,
         pid=pid,
         run_dir=run_dir if run_dir.is_dir() else None,
         log_file=log_file if log_file.is_file() else None,
-        unreachable_line=no_broker(settings),
+        unreachable_line="" if reachable else clients.diagnose(settings) or no_broker(settings),
     )
 
 
 @contextlib.contextmanager
-def temporary_broker(settings: Settings, tmp_dir: Path) -> Iterator[Settings]:
+def temporary_broker(
+    settings: Settings,
+    tmp_dir: Path,
+    *,
+    security: ListenerSecurity | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[Settings]:
     """Start a broker on a free port with storage in tmp_dir; yield settings pointing at it
-    (settings.with_(bootstrap_servers=f"127.0.0.1:{port}")); always stop it after. Used by tests.
+    (settings.with_(bootstrap_servers=f"{host}:{port}")); always stop it after. Used by tests.
+
+    ``security`` secures its client listener (see :func:`start_broker`; ``settings``
+    then carry the client's side of it).
     """
     port = free_port()
-    local = settings.with_(bootstrap_servers=f"127.0.0.1:{port}")
+    local = settings.with_(bootstrap_servers=join_host_port(host, port))
     run_dir = Path(tmp_dir) / f"kafka-{port}"
     try:
-        start_broker(local, run_dir=run_dir)
+        start_broker(local, run_dir=run_dir, security=security)
         yield local
     finally:
         stop_broker(local, run_dir=run_dir)

@@ -14,6 +14,10 @@ The rule (README, "Pointing at an existing Kafka cluster"):
   somebody's cluster, so :class:`KafkaUnavailable` names the cause instead;
 * a broker started for a block of work is stopped at the end of the block
   (:func:`owned_broker`), unless asked to keep it.
+
+When no broker answers, the reason comes from
+:meth:`~marketstream.clients.KafkaClients.diagnose` (wrong password, untrusted
+certificate, wrong protocol, unknown host...), the same line the CLI prints.
 """
 
 from __future__ import annotations
@@ -24,38 +28,35 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketstream.addresses import join_host_port
 from marketstream.broker.node import BrokerStatus, broker_status, start_broker, stop_broker
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import KafkaUnavailable
 from marketstream.kafka_errors import no_broker
-from marketstream.processes import free_port, is_local_address, port_open
+from marketstream.processes import is_local_address, port_open
 from marketstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def local_start_refusal(settings: Settings) -> str | None:
+def local_start_refusal(
+    settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS, diagnosis: str | None = None
+) -> str | None:
     """Why the kit must not start a broker for these settings, or ``None`` if it may.
 
     Asked only once no broker answers. A wrong password or a typo'd host must
-    surface as such, not be papered over by a fresh local broker.
+    surface as such, not be papered over by a fresh local broker: the line is
+    ``diagnosis`` (what :meth:`KafkaClients.diagnose` said, asked here if not given).
     """
     host, port = settings.bootstrap_host_port
-    if settings.secured:
-        return (
-            f"{no_broker(settings)} (the kit starts a local broker only when no security "
-            "is configured)"
-        )
-    if not is_local_address(host):
-        return f"{no_broker(settings)} ({host} is not this machine, so none is started here)"
-    if port_open(host, port):
-        return (
-            f"something listens at {join_host_port(host, port)} but does not answer as a "
-            f"PLAINTEXT Kafka broker; set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()} "
-            "for a local broker, or the security settings if it is a secured cluster"
-        )
-    return None
+    local = is_local_address(host)
+    if not settings.secured and local and not port_open(host, port):
+        return None
+    why = diagnosis or clients.diagnose(settings) or no_broker(settings)
+    if settings.secured and not port_open(host, port):
+        return f"{why} (the kit starts a local broker only when no security is configured)"
+    if not local:
+        return f"{why} ({host} is not this machine, so none is started here)"
+    return why
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,10 @@ def _ensure(
     run_dir: Path | None,
     clients: KafkaClients,
 ) -> OwnedBroker:
-    if clients.reachable(settings):
+    diagnosis = clients.diagnose(settings)
+    if diagnosis is None:
         return OwnedBroker(broker_status(settings, run_dir=run_dir, clients=clients), False)
-    refusal = local_start_refusal(settings)
+    refusal = local_start_refusal(settings, clients, diagnosis)
     if refusal is not None:
         raise KafkaUnavailable(refusal)
     (say if say is not None else log.info)(
