@@ -48,10 +48,14 @@ BATCH_BYTES = 256 * 1024
 ADMIN_TIMEOUT_MS = 15_000
 
 #: How long the probe client waits for a broker's metadata before the
-#: step-by-step check looks for the reason. A local broker answers in 30-50 ms
+#: step-by-step check looks for the reason. A local broker answers in 30-100 ms
 #: (TLS and SCRAM included) and a remote one within a few round trips; this
 #: bounds how long a wrong password or certificate takes to be reported.
 PROBE_TIMEOUT_S = 2.0
+#: If every step of that check passes, the probe client gets this much longer
+#: before the cluster is declared unusable (a slow but working cluster is not
+#: a failure).
+PROBE_RETRY_S = 10.0
 
 
 def connection_config(settings: Settings) -> dict[str, object]:
@@ -228,7 +232,7 @@ class KafkaClients:
                 with contextlib.suppress(Exception):
                     admin.close()
 
-    def reachable(self, settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    def reachable(self, settings: Settings, timeout_s: float = 3.0) -> bool:
         """True if a Kafka broker answers a metadata request with the settings' security.
 
         A TCP check first: when nothing listens (the common case before the kit
@@ -245,17 +249,20 @@ class KafkaClients:
         The probe client asks first (so a broker that answers costs one metadata
         request); only if it gets no answer does :func:`marketstream.probe.check`
         retrace DNS, TCP, TLS, the Kafka listener and the SASL login to name the
-        step that fails. If every step passes, the client's own error is named.
+        step that fails. If every step passes, the client asks once more, for
+        :data:`PROBE_RETRY_S`, and only then is its own error named.
         """
         if not probe.any_port_open(settings, min(timeout_s, 1.0)):
             return probe.check(settings, timeout_s) or no_broker(settings)
-        error = self._ask(settings, timeout_s)
-        if error is None:
+        if self._ask(settings, timeout_s) is None:
             return None
         found = probe.check(settings, timeout_s)
         if found is not None:
             return found
-        return kafka_errors.bootstrap_failed(settings, error, timeout_s)
+        error = self._ask(settings, PROBE_RETRY_S)
+        if error is None:
+            return None
+        return kafka_errors.bootstrap_failed(settings, error, PROBE_RETRY_S)
 
     def check(self, settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         """Raise :class:`KafkaUnavailable` with :meth:`diagnose`'s line unless a broker answers.

@@ -45,7 +45,6 @@ ACCESS = {
     "create": "CREATE on topic {topic} (or create the topic for it)",
     "write to": "WRITE and DESCRIBE on topic {topic}",
     "read": "READ and DESCRIBE on topic {topic} and READ on consumer group {group}",
-    "delete": "DELETE on topic {topic}",
     "use": "DESCRIBE on topic {topic}",
 }
 

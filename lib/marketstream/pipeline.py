@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from marketstream import store
 from marketstream.broker import owned_broker
@@ -30,6 +31,9 @@ from marketstream.settings import OPTIONS, PROJECT_ROOT, Settings
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
+
+#: Where, in the output folder, the kernels' own stderr goes (:func:`_kernel_manager`).
+KERNEL_LOG = "kernels.log"
 
 #: The one papermill parameter every notebook takes: all settings, as ``{field: text}``.
 SETTINGS_PARAMETER = "settings_overrides"
@@ -101,6 +105,25 @@ def secrets_for_kernels(settings: Settings) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _kernel_manager(stderr_path: Path) -> type:
+    """A kernel manager whose kernels write their own stderr to ``stderr_path``.
+
+    A kernel inherits the terminal's stderr otherwise, and ipykernel 7 warns
+    there at every start (its local TCP is not encrypted), and at a slow
+    shutdown a killed kernel adds zmq's "Assertion failed" line: noise that
+    buried the one line saying why the pipeline failed. Cell output is not
+    affected (it goes into the executed notebook).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class FileStderrKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+            with stderr_path.open("ab") as stderr:  # the kernel keeps its own copy
+                await super().start_kernel(stderr=stderr, **kw)
+
+    return FileStderrKernelManager
+
+
 def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Logger) -> Path:
     """Execute one notebook into the output folder; a failure names the notebook and its copy.
 
@@ -121,9 +144,7 @@ def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Lo
             cwd=str(NOTEBOOK_DIR),
             progress_bar=progress,
             kernel_name="python3",
-            # ipykernel 7 warns on stderr at every start that its local TCP is not
-            # encrypted: four lines per run that would bury the one error line
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            kernel_manager_class=_kernel_manager(settings.output_dir / KERNEL_LOG),
         )
     except papermill.PapermillExecutionError as exc:
         log.error("pipeline_error", extra={"notebook": name, "error": f"{exc.ename}: {exc.evalue}"})

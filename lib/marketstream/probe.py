@@ -27,16 +27,16 @@ So :func:`check` takes the steps a client takes, with the :mod:`socket` and
    user (kafka-python's own mechanism classes compute the SCRAM proofs).
 
 A failure becomes the one line of :mod:`marketstream.kafka_errors` that names
-it and its fix. Every step is bounded by ``timeout_s``; against a local
-broker the whole check takes 10-60 ms, and a wrong password is known after
-one SASL round trip instead of a timeout. The probe sends nothing secret in
-the clear that the configured client would not send itself.
+it and its fix. Every step is bounded by ``timeout_s``. Measured against a
+local SASL_SSL broker: 27-49 ms when every step passes, 40-62 ms to an
+untrusted certificate, 0.32-0.37 s to a refused SCRAM login (the broker
+delays its answer to failed logins), instead of a client's timeout. The probe
+sends nothing the configured client would not send itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import ssl
@@ -51,11 +51,9 @@ from marketstream.addresses import join_host_port
 from marketstream.processes import is_local_address
 from marketstream.settings import Settings
 
-log = logging.getLogger(__name__)
-
-#: Kafka API keys and error codes the probe uses.
+#: Kafka API keys the probe uses, and the answer of a listener without SASL.
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
-ILLEGAL_SASL_STATE, UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 34, 33, 58
+ILLEGAL_SASL_STATE = 34
 #: Mechanisms the probe can authenticate with itself (others are left to the client).
 _EXCHANGED = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

@@ -11,11 +11,13 @@ and each must end with exit code 2, exactly one line on stderr naming the
 cause and the fix, no traceback, no password, and no broker started.
 
 Measured on the 2-core machine (``-s`` prints a table): a refused port or an
-unknown host is reported 1-2 s after the command starts (Python and its
+unknown host is reported 0.6-1.5 s after the command starts (Python and its
 imports are most of it); a wrong password, an unknown mechanism, an untrusted
 or misnamed certificate, a missing client certificate and a protocol mismatch
-2.5-4 s after (the probe client's 2-s wait, then a 10-60 ms step-by-step
-check); an ACL refusal as soon as the broker answers the request it refuses.
+2.6-4.4 s after for ``produce`` and up to 7.6 s for ``consume``/``pipeline``
+under load (the probe client's 2-s wait, then a 30-400 ms step-by-step check);
+an ACL refusal 0.7-2.3 s after, as soon as the broker refuses the request
+(7-10 s for ``pipeline``, whose first notebook runs before the refused one).
 """
 
 from __future__ import annotations

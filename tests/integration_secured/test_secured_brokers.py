@@ -13,9 +13,10 @@ own, and leave no secret in the executed notebooks, the JSON log, the
 broker's logs or the command line of anything the kit started.
 
 Measured on the 2-core machine (``-s`` prints them): each secured broker is up
-4-8 s after its start (StorageTool format included), and a pipeline run takes
-13-20 s in every mode, as with PLAINTEXT: the security costs a TLS handshake
-and a SASL round trip per connection, not throughput.
+5-9 s after its start (StorageTool format included; 13-33 s while another
+suite's brokers shared the cores), and a pipeline run takes 12-22 s in every
+mode, as with PLAINTEXT: the security costs a TLS handshake and a SASL round
+trip per connection, not throughput.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def test_pipeline_end_to_end(
             "summary": summary.describe(),
             "JSON log": settings.log_path.read_text(encoding="utf-8"),
             **_files(settings.output_dir, "*.ipynb"),
+            **_files(settings.output_dir, "kernels.log"),
         }
     )
+    assert (settings.output_dir / "kernels.log").is_file()  # the kernels' stderr went there
 
 
 @pytest.mark.parametrize("fixture", ["sasl_broker", "ssl_broker", "mtls_broker", "sasl_ssl_broker"])

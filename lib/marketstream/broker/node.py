@@ -41,7 +41,6 @@ from marketstream.broker.jars import fetch_kafka, file_lock, find_java, java_com
 from marketstream.broker.security import ListenerSecurity, scram_arguments
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import BrokerError, SettingsError
-from marketstream.kafka_errors import no_broker
 from marketstream.processes import can_bind, free_port, is_local_address, terminate
 from marketstream.settings import Settings
 
@@ -82,7 +81,7 @@ class BrokerStatus:
     pid: int | None
     run_dir: Path | None
     log_file: Path | None
-    #: Said when nothing answers (:func:`marketstream.kafka_errors.no_broker`).
+    #: Said when nothing answers: why (:meth:`marketstream.clients.KafkaClients.diagnose`).
     unreachable_line: str = ""
 
     @property
@@ -484,15 +483,15 @@ def broker_status(
     run_dir = (run_dir or default_run_dir(settings)).resolve()
     pid = _managed_pid(run_dir)
     log_file = _log_file(run_dir)
-    reachable = clients.reachable(settings)
+    problem = clients.diagnose(settings)  # None: a broker answers; else why not, in one line
     return BrokerStatus(
         bootstrap_servers=settings.bootstrap_servers,
-        reachable=reachable,
+        reachable=problem is None,
         managed=pid is not None,
         pid=pid,
         run_dir=run_dir if run_dir.is_dir() else None,
         log_file=log_file if log_file.is_file() else None,
-        unreachable_line="" if reachable else clients.diagnose(settings) or no_broker(settings),
+        unreachable_line=problem or "",
     )
 
 
