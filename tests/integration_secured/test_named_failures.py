@@ -215,10 +215,11 @@ def timings() -> Iterator[dict[tuple[str, str], tuple[float, str]]]:
             f"{found[name, v][0]:4.1f}" if (name, v) in found else "  - " for v in VERBS
         )
         print(f"  {name:42s} {times} s")
-    print("\nthe lines, as `marketstream produce` printed them:")
+    print("\nthe lines (consume's and pipeline's where they differ from produce's):")
     for (name, verb), (_, line) in found.items():
-        if verb == "produce":
-            print(f"  [{name}] {line}")
+        first = found.get((name, "produce"), (0.0, ""))[1]
+        if verb == "produce" or line != first:
+            print(f"  [{name}, {verb}] {line}")
 
 
 def check_one_line(run: Run, settings: Settings, says: tuple[str, ...]) -> str:
