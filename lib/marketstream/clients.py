@@ -17,8 +17,21 @@ The tuning lives here too, each value with the figure behind it:
   install ``crc32c`` too, or kafka-python checksums every batch in pure Python;
 * producer batches are 256 KB with a 20 ms linger (bench/README.md: a batch per
   partition fills well inside the linger, so the linger only bounds a lone
-  tick's wait); no compression by default, because on one host compressing
-  costs more CPU than it saves.
+  tick's wait);
+* the producer compresses with zstd by default (``KAFKA_COMPRESSION``). Measured
+  here, 210,000 ticks, three interleaved runs each (kafka-python 3.0.12, one
+  local broker): the topic's log was 22.9 MB uncompressed, 5.2 MB with lz4 and
+  3.0 MB with zstd; produce rates were equal within noise (none 19.8k/s, lz4
+  18.6k/s, zstd 18.8k/s) and zstd consumed fastest (none 46.6k/s, lz4 47.8k/s,
+  zstd 50.6k/s: fewer bytes to fetch and parse). On a real cluster the 7.6x
+  fewer bytes are network and disk saved;
+* the consumer reads ``read_committed`` by default: ticks of an aborted upstream
+  transaction never land.
+
+When a client cannot be built, kafka-python only says "unable to bootstrap";
+:meth:`KafkaClients.diagnose` then retraces the connection step by step
+(:mod:`marketstream.probe`: DNS, TCP, TLS, the Kafka listener, the SASL login)
+and the user gets the one step that failed, named.
 """
 
 from __future__ import annotations

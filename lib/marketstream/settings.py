@@ -128,7 +128,7 @@ class Settings:
     ssl_keyfile: str = ""
     ssl_password: str = field(default="", repr=False)
     ssl_check_hostname: bool = True
-    compression: str = "none"
+    compression: str = "zstd"
     isolation_level: str = "read_committed"
     replication_factor: int = 3
     min_insync_replicas: int = 2
