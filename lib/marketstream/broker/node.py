@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +208,14 @@ def _controller_port(props_file: Path, host: str, avoid: int) -> int:
             return port
 
 
-def _format_storage(java: str, libs: Path, run_dir: Path, props_file: Path) -> None:
-    """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done)."""
+def _format_storage(
+    java: str, libs: Path, run_dir: Path, props_file: Path, quorum: Sequence[str] = ()
+) -> None:
+    """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done).
+
+    ``quorum`` replaces ``--standalone -t <new id>`` for a node of a cluster
+    (``-t <cluster id> --initial-controllers ...``, see :mod:`.cluster`).
+    """
     data = run_dir / "data"
     if (data / "meta.properties").is_file():
         return
@@ -217,7 +223,7 @@ def _format_storage(java: str, libs: Path, run_dir: Path, props_file: Path) -> N
         java,
         libs,
         STORAGE_TOOL,
-        ["format", "--standalone", "-t", new_cluster_id(), "-c", str(props_file)],
+        ["format", *(quorum or ("--standalone", "-t", new_cluster_id())), "-c", str(props_file)],
         extra=[f"-Dlog4j2.configurationFile={run_dir / 'log4j2.properties'}"],
     )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -261,8 +267,20 @@ def _wait_ready(
     )
 
 
-def _prepare(settings: Settings, run_dir: Path, say: Callable[[str], None] | None) -> list[str]:
-    """Fetch the jars, write the configs, format the storage once; return the JVM command."""
+def _prepare(
+    settings: Settings,
+    run_dir: Path,
+    say: Callable[[str], None] | None,
+    *,
+    properties: str | None = None,
+    quorum: Sequence[str] = (),
+    jvm_opts: Sequence[str] = JVM_OPTS,
+) -> list[str]:
+    """Fetch the jars, write the configs, format the storage once; return the JVM command.
+
+    A node of a cluster (:mod:`.cluster`) brings its own ``properties``, the
+    ``quorum`` arguments of its storage format and its ``jvm_opts``.
+    """
     host, port = settings.bootstrap_host_port
     java = find_java()
     libs = fetch_kafka(settings, say=say)
@@ -273,19 +291,21 @@ def _prepare(settings: Settings, run_dir: Path, say: Callable[[str], None] | Non
     props_file.write_text(
         render_server_properties(
             host, port, controller_port, data, num_partitions=settings.partitions
-        ),
+        )
+        if properties is None
+        else properties,
         encoding="utf-8",
     )
     log_config = run_dir / "log4j2.properties"
     log_config.write_text(render_log4j2_config(_log_file(run_dir)), encoding="utf-8")
-    _format_storage(java, libs, run_dir, props_file)
+    _format_storage(java, libs, run_dir, props_file, quorum)
     return java_command(
         java,
         libs,
         KAFKA_MAIN,
         [str(props_file)],
         extra=[
-            *JVM_OPTS,
+            *jvm_opts,
             f"-Dlog4j2.configurationFile={log_config}",
             f"-Dkafka.logs.dir={run_dir}",
             f"{RUN_DIR_PROPERTY}{run_dir}",
