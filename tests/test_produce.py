@@ -74,7 +74,7 @@ class FakeAdmin:
         return list(self.topics)
 
     def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        return [{"topic": n, "partitions": [{"replicas": [1, 2, 3]}]} for n in names]
+        return [{"name": n, "partitions": [{"replica_nodes": [1, 2, 3]}]} for n in names]
 
     def describe_configs(self, resources: list[Any], **_options: Any) -> dict[str, Any]:
         return {"topic": {r.name: {"min.insync.replicas": {"value": "2"}} for r in resources}}

@@ -238,7 +238,7 @@ def _replication_of(admin: Any, settings: Settings) -> tuple[int | None, int | N
     replicas = None
     with contextlib.suppress(KafkaError, LookupError, TypeError):
         [topic] = admin.describe_topics([settings.topic])
-        replicas = min(len(p["replicas"]) for p in topic["partitions"])
+        replicas = min(len(p["replica_nodes"]) for p in topic["partitions"])
     min_insync = None
     with contextlib.suppress(KafkaError, LookupError, TypeError, ValueError):
         resource = ConfigResource(

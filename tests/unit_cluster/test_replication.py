@@ -81,8 +81,11 @@ class FakeAdmin:
         out = []
         for name in names:
             partitions, replicas, _ = self.cluster.topics[name]
-            parts = [{"partition": p, "replicas": list(range(replicas))} for p in range(partitions)]
-            out.append({"topic": name, "partitions": parts})
+            parts = [
+                {"partition_index": p, "replica_nodes": list(range(replicas))}
+                for p in range(partitions)
+            ]
+            out.append({"name": name, "partitions": parts})
         return out
 
     def describe_configs(self, resources: list[Any], **_options: Any) -> dict[str, Any]:
