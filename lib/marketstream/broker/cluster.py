@@ -36,13 +36,14 @@ What each node is told (:func:`render_node_properties`):
   election (a third epoch while the leader was alive).
 
 Measured on this project's 2-core machine (Kafka 4.4.0, ``-Xmx384m`` per node):
-three nodes start in 15.5 s on a quiet machine (storage format included; 35 s
-through the CLI with a load average of 9), and use 310-330 MiB RSS each when
-idle; ``stop_cluster`` takes 6 s (all nodes at once). A killed node restarts
-in 9 s (24-27 s under load). With a producer at ~1,000 ticks/s
-(``tests/integration_cluster/test_failover.py``): a plain broker SIGKILLed stops
-acknowledgements for 3.4 s, the active controller for 5.6 s (a new quorum
-leader is elected first, then the dead broker's session expires).
+three nodes start in 15.5 s on a quiet machine (storage format included; 30-37 s
+through the CLI at a load average of 8-9), and use 305-330 MiB RSS each when
+idle, 340-460 MiB after the failover test's 110,000 ticks; ``stop_cluster``
+takes 6 s (all nodes at once). A killed node restarts in 9 s (24-38 s under
+load). With a producer at ~1,000 ticks/s (``tests/integration_cluster/test_failover.py``,
+two runs): a plain broker SIGKILLed stops acknowledgements for 3.1-3.4 s, the
+active controller for 5.6-7.2 s (a new quorum leader is elected first, then the
+dead broker's session expires).
 """
 
 from __future__ import annotations
