@@ -198,11 +198,12 @@ def _plain(port: int, tmp_path: Path, **overrides: object) -> Settings:
 
 @pytest.fixture
 def squatter() -> Iterator[int]:
-    """A port that a plain TCP server holds."""
+    """The second of three free consecutive ports, held by a plain TCP server."""
+    base = cluster.free_base_port(3)
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", base + 1))
         sock.listen()
-        yield sock.getsockname()[1]
+        yield base + 1
 
 
 def test_no_cluster_is_found_where_none_was_started(tmp_path: Path) -> None:

@@ -36,14 +36,15 @@ What each node is told (:func:`render_node_properties`):
   election (a third epoch while the leader was alive).
 
 Measured on this project's 2-core machine (Kafka 4.4.0, ``-Xmx384m`` per node):
-three nodes start in 15.5 s on a quiet machine (storage format included; 30-37 s
-through the CLI at a load average of 8-9), and use 305-330 MiB RSS each when
+three nodes start in 15.5 s on a quiet machine (storage format included; 24-37 s
+through the CLI at a load average of 2-9), and use 305-330 MiB RSS each when
 idle, 340-460 MiB after the failover test's 110,000 ticks; ``stop_cluster``
 takes 6 s (all nodes at once). A killed node restarts in 9 s (24-38 s under
-load). With a producer at ~1,000 ticks/s (``tests/integration_cluster/test_failover.py``,
-two runs): a plain broker SIGKILLed stops acknowledgements for 3.1-3.4 s, the
-active controller for 5.6-7.2 s (a new quorum leader is elected first, then the
-dead broker's session expires).
+load; ~4.5 s of it recovering its logs after the SIGKILL). With a producer at
+~1,000 ticks/s (``tests/integration_cluster/test_failover.py``, three runs): a
+plain broker SIGKILLed stops acknowledgements for 3.0-3.4 s, the active
+controller for 5.6-7.2 s (a new quorum leader is elected first, then the dead
+broker's session expires).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -408,12 +410,13 @@ def _pick_controller_ports(count: int, avoid: set[int]) -> list[int]:
     return ports
 
 
-def _spec_for(settings: Settings, cluster_dir: Path, nodes: int) -> ClusterSpec:
-    """The cluster of cluster_dir if formatted (it must match), else a new one, written down."""
+def _spec_for(settings: Settings, cluster_dir: Path, nodes: int | None) -> ClusterSpec:
+    """The cluster of cluster_dir if formatted (it must match), else a new one of ``nodes``
+    (default 3) nodes, written down."""
     host, port = settings.bootstrap_host_port
     spec = load_spec(cluster_dir)
     if spec is not None:
-        if len(spec.nodes) != nodes:
+        if nodes is not None and len(spec.nodes) != nodes:
             raise BrokerError(
                 f"the cluster in {cluster_dir} has {len(spec.nodes)} nodes, not {nodes}; "
                 f"use --nodes {len(spec.nodes)}, or stop it and delete {cluster_dir} for a new one"
@@ -424,6 +427,7 @@ def _spec_for(settings: Settings, cluster_dir: Path, nodes: int) -> ClusterSpec:
                 f"{settings.bootstrap_servers}; delete {cluster_dir} for a new one"
             )
         return spec
+    nodes = 3 if nodes is None else nodes
     if any(cluster_dir.glob("node-*/data/meta.properties")):
         raise BrokerError(
             f"{cluster_dir} holds formatted nodes but no {SPEC_FILE}; delete it to start anew"
@@ -462,7 +466,7 @@ class _Booting:
     node: NodeSpec
     run_dir: Path
     pid: int
-    proc: Any  # our Popen, or None for a node another call started
+    proc: subprocess.Popen[bytes] | None  # ours, or None for a node another call started
     log_offset: int
 
 
@@ -493,7 +497,7 @@ def _wait_registered(
 def start_cluster(
     settings: Settings,
     *,
-    nodes: int = 3,
+    nodes: int | None = None,
     cluster_dir: Path | None = None,
     wait_s: float = 180,
     say: Callable[[str], None] | None = None,
@@ -502,14 +506,15 @@ def start_cluster(
     """Start every node of a local cluster that is not running, and wait until all answer.
 
     Node i (1..N) listens at the first bootstrap host on port P+i-1. The first
-    call formats the cluster (``cluster.json`` and each node's storage); later
-    calls restart the same cluster, so after one node was killed this starts
-    just that one again. Nodes already running are left alone; nodes this call
+    call formats the cluster (``cluster.json`` and each node's storage) with
+    ``nodes`` nodes (default 3); later calls restart the same cluster (``nodes``
+    defaults to its size), so after one node was killed this starts just that
+    one again. Nodes already running are left alone; nodes this call
     started are stopped again if the cluster does not come up within ``wait_s``.
     ``say`` hears progress (and a first jar fetch's); without it, logged at INFO.
     """
     tell = say if say is not None else log.info
-    if not 2 <= nodes <= MAX_NODES:
+    if nodes is not None and not 2 <= nodes <= MAX_NODES:
         raise BrokerError(f"a local cluster has 2 to {MAX_NODES} nodes, not {nodes}")
     if settings.secured:
         raise BrokerError(
@@ -535,7 +540,7 @@ def start_cluster(
         if missing:
             tell(
                 f"starting Kafka nodes {', '.join(str(n.node_id) for n in missing)} of "
-                f"{nodes} (KRaft, broker+controller each) at {spec.bootstrap_servers}"
+                f"{len(spec.nodes)} (KRaft, broker+controller each) at {spec.bootstrap_servers}"
             )
         booting = [
             _Booting(n, _node_dir(cluster_dir, n.node_id), pid, None, 0)
@@ -570,7 +575,7 @@ def start_cluster(
                     boot.log_offset,
                     clients,
                 )
-            _wait_registered(everyone, nodes, deadline, clients)
+            _wait_registered(everyone, len(spec.nodes), deadline, clients)
         except BaseException:  # KeyboardInterrupt too: never leave half-started JVMs
             _stop_all(settings, spec, cluster_dir, [b.node.node_id for b in ours])
             raise
