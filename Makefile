@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 N      ?= 1000000
 
-.PHONY: help setup demo test lint format live bench soak lab broker-up broker-down broker-status clean
+.PHONY: help setup demo test lint format live bench soak lab broker-up broker-down broker-status \
+        cluster cluster-down clean
 
 help:
 	@echo "make demo     run the papermill pipeline (notebooks 01-04) on a local Kafka"
@@ -14,6 +15,7 @@ help:
 	@echo "make soak     N ticks through the real consumer process, its memory reported"
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make broker-up|broker-down|broker-status   the local Kafka broker"
+	@echo "make cluster  a local 3-node Kafka cluster (ports 9092-9094); make cluster-down stops it"
 
 setup: $(VENV)/.installed
 
@@ -59,6 +61,12 @@ broker-down: setup
 
 broker-status: setup
 	$(BIN)/marketstream broker status
+
+cluster: setup
+	$(BIN)/marketstream broker up --nodes 3
+
+cluster-down: setup
+	$(BIN)/marketstream broker down
 
 clean:
 	-$(BIN)/marketstream broker down

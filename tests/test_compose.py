@@ -1,6 +1,7 @@
 """docker-compose.yml, checked without Docker: against the Compose Specification's JSON
 schema (vendored in tests/schemas, see its README) and against what the rest of the
-kit expects (ports, listeners, the shared DuckDB volume, Grafana's provisioning)."""
+kit expects (ports, listeners, the shared DuckDB volume, Grafana's provisioning, the
+Kafka version the Maven path fetches, and the `cluster` profile's three nodes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from marketstream.broker import cluster
 from marketstream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +207,69 @@ def test_every_variable_the_provisioning_files_use_is_set_for_grafana(services):
         used |= set(ENV_REF.findall(text.replace("$$", "")))
     assert used, "expected the provisioning files to take the API URL from the environment"
     assert used <= set(env), f"not set in the grafana service: {sorted(used - set(env))}"
+
+
+# --------------------------------------------------------------------------- cluster profile
+
+CLUSTER_NODES = ("kafka-1", "kafka-2", "kafka-3")
+
+
+def _property(env_name: str) -> str:
+    """The apache/kafka image's mapping of a variable to a property:
+    ``KAFKA_BROKER_SESSION_TIMEOUT_MS`` -> ``broker.session.timeout.ms``."""
+    return env_name.removeprefix("KAFKA_").lower().replace("_", ".")
+
+
+def test_every_kafka_image_is_the_version_the_maven_path_fetches(services):
+    kafka_images = {
+        name: s["image"] for name, s in services.items() if "apache/kafka" in s.get("image", "")
+    }
+    assert set(kafka_images) == {"kafka", *CLUSTER_NODES}
+    for name, image in kafka_images.items():
+        assert image == f"apache/kafka:{DEFAULTS.kafka_version}", name
+
+
+def test_the_default_stack_does_not_start_the_cluster(services):
+    default = {name for name, s in services.items() if not s.get("profiles")}
+    assert default == {"kafka", *PYTHON_SERVICES, "grafana"}
+    for name in CLUSTER_NODES:
+        assert services[name]["profiles"] == ["cluster"]
+
+
+def test_the_cluster_profile_is_three_replicating_nodes_of_one_quorum(compose, services):
+    envs = {name: _env(services[name]) for name in CLUSTER_NODES}
+    assert sorted(int(e["KAFKA_NODE_ID"]) for e in envs.values()) == [1, 2, 3]
+    assert len({e["CLUSTER_ID"] for e in envs.values()}) == 1
+    assert len(_resolved(envs["kafka-1"]["CLUSTER_ID"])) == 22  # Kafka's id shape
+    voters = {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs.values()}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    published = []
+    for name, env in envs.items():
+        service = services[name]
+        assert service["hostname"] == name
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert "CONTROLLER://:9093" in env["KAFKA_LISTENERS"].split(",")
+        advertised = dict(
+            reversed(item.split("://", 1)) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        )
+        assert advertised[f"{name}:19092"] == "PLAINTEXT"  # broker to broker, by hostname
+        [host] = [a for a, listener in advertised.items() if listener == "HOST"]
+        port = int(host.rsplit(":", 1)[1])
+        assert host == f"localhost:{port}" and (port, port) in map(_published, service["ports"])
+        published.append(port)
+        assert "healthcheck" in service
+        [(volume, target, _)] = _volumes(service)
+        assert volume in compose["volumes"] and target == env["KAFKA_LOG_DIRS"]
+        # replicated as `marketstream broker up --nodes 3` is, with its failover timeouts
+        for key, value in {
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "2",
+            "KAFKA_DEFAULT_REPLICATION_FACTOR": "3",
+            "KAFKA_MIN_INSYNC_REPLICAS": "2",
+        }.items():
+            assert env[key] == value, (name, key)
+        failover = {_property(k): v for k, v in env.items() if "HEARTBEAT" in k or "SESSION" in k}
+        assert failover == cluster.FAILOVER_PROPERTIES
+    assert published == [29092, 29093, 29094]
+    assert len({_volumes(services[n])[0][0] for n in CLUSTER_NODES}) == 3

@@ -20,7 +20,7 @@ from marketstream.clients import DEFAULT_CLIENTS, connection_config
 from marketstream.consume import consume
 from marketstream.logs import read_log
 from marketstream.pipeline import PIPELINE_NOTEBOOKS, run_pipeline
-from marketstream.produce import produce_csv
+from marketstream.produce import produce_csv, replication_plan
 from marketstream.settings import PROJECT_ROOT
 from marketstream.ticks import generate_ticks, write_csv
 
@@ -55,7 +55,9 @@ def test_csv_to_duckdb_exact_rows_and_values(fresh):
     runs = store.pipeline_runs(fresh.db_path)
     assert runs.loc[0, "messages_processed"] == 150 and runs.loc[0, "throughput_per_s"] > 0
     events = [e["event"] for e in read_log(fresh.log_path)]
-    assert events[0] == "consume_start" and events[-1] == "consume_end"
+    # one broker: the topic's creation logged that its replication was capped to 1
+    assert events[0] == "topic_replication_capped"
+    assert events[1] == "consume_start" and events[-1] == "consume_end"
 
 
 def test_replay_and_reproduce_never_duplicate(fresh):
@@ -82,7 +84,11 @@ def test_bad_csv_rows_are_skipped_and_reported(fresh):
     )
     summary = produce_csv(fresh.csv_path, fresh, progress=False)
     assert (summary.sent, summary.rejected) == (2, 1)
-    assert summary.problems == ["line 3: price 'oops' is not a number"]
+    # the replication cap on one broker is said first, then the bad row
+    assert summary.problems == [
+        replication_plan(fresh, 1).capped,
+        "line 3: price 'oops' is not a number",
+    ]
     consume(fresh, progress=False)
     assert store.tick_count(fresh.db_path) == 2
 

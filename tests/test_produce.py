@@ -56,23 +56,35 @@ class FakeProducer:
 
 
 class FakeAdmin:
-    """Topics in a dict; records what was created."""
+    """Topics in a dict on a cluster of three brokers; records what was created.
+
+    (Replication on clusters of other sizes: tests/unit_cluster/test_replication.py.)
+    """
 
     topics: ClassVar[dict[str, int]] = {}
-    created: ClassVar[list[Any]] = []
+    created: ClassVar[list[tuple[str, dict[str, Any]]]] = []
 
     def __init__(self, **config: Any):
         self.config = config
 
+    def describe_cluster(self) -> dict[str, Any]:
+        return {"brokers": [{"broker_id": i, "is_fenced": False} for i in (1, 2, 3)]}
+
     def list_topics(self) -> list[str]:
         return list(self.topics)
 
-    def create_topics(self, new: list[Any]) -> None:
-        for topic in new:
-            if topic.name in self.topics:
+    def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"name": n, "partitions": [{"replica_nodes": [1, 2, 3]}]} for n in names]
+
+    def describe_configs(self, resources: list[Any], **_options: Any) -> dict[str, Any]:
+        return {"topic": {r.name: {"min.insync.replicas": {"value": "2"}} for r in resources}}
+
+    def create_topics(self, new: dict[str, dict[str, Any]]) -> None:
+        for name, spec in new.items():
+            if name in self.topics:
                 raise TopicAlreadyExistsError()
-            self.topics[topic.name] = topic.num_partitions
-            self.created.append(topic)
+            self.topics[name] = spec["num_partitions"]
+            self.created.append((name, spec))
 
     def delete_topics(self, names: list[str]) -> None:
         for name in names:
@@ -135,8 +147,11 @@ def test_a_kafka_failure_is_one_line_saying_what_is_safe(clients):
 def test_topic_is_created_once_with_the_configured_partitions(clients):
     assert ensure_topic(SETTINGS, clients) is True
     assert ensure_topic(SETTINGS, clients) is False
-    [topic] = FakeAdmin.created
-    assert (topic.name, topic.num_partitions) == ("ticks", 4)
+    [(name, spec)] = FakeAdmin.created
+    assert (name, spec["num_partitions"]) == ("ticks", 4)
+    # three brokers: the configured 3 replicas and min.insync.replicas 2, nothing capped
+    assert spec["replication_factor"] == 3
+    assert spec["configs"] == {"min.insync.replicas": "2"}
     assert delete_topic(SETTINGS, clients) is True
     assert delete_topic(SETTINGS, clients) is False
 

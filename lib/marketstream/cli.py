@@ -8,13 +8,14 @@ real bug shows a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from marketstream.errors import MarketstreamError
+from marketstream.errors import BrokerError, MarketstreamError
 from marketstream.settings import Settings
 
 
@@ -46,20 +47,46 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+def _say(line: str) -> None:
+    """Progress for people, on stderr (stdout is the command's answer)."""
+    print(line, file=sys.stderr)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from marketstream import broker
+    from marketstream.broker import cluster
 
     settings = _settings(args)
+    nodes = 1 if args.nodes is None else args.nodes
+    if nodes < 1:
+        raise BrokerError(f"--nodes {nodes}: give 1 (one broker) or more")
     if args.action == "up":
-        status = broker.start_broker(settings, say=lambda line: print(line, file=sys.stderr))
-    elif args.action == "down":
+        if nodes > 1:
+            found = cluster.start_cluster(settings, nodes=nodes, say=_say)
+            print(found.describe())
+            print(f"export KAFKA_BOOTSTRAP_SERVERS={found.bootstrap_servers}")
+            return 0 if found.all_up else 1
+        status = broker.start_broker(settings, say=_say)
+        print(status.describe())
+        return 0 if status.reachable else 1
+    if args.action == "down":  # every node of a cluster and a single broker, by run dir
+        stopped_nodes = cluster.stop_cluster(settings)
         stopped = broker.stop_broker(settings)
-        print("broker stopped" if stopped else "no broker started by marketstream was running")
+        if stopped_nodes:
+            print(f"cluster stopped (nodes {', '.join(map(str, stopped_nodes))})")
+        if stopped or not stopped_nodes:
+            print("broker stopped" if stopped else "no broker started by marketstream was running")
         return 0
+    found = cluster.cluster_status(settings)
+    if nodes > 1 or found.managed:
+        print(json.dumps(found.to_dict(), indent=2) if args.json else found.describe())
+        return 0
+    status = broker.broker_status(settings)
+    if args.json:
+        print(json.dumps(cluster.broker_status_dict(status), indent=2))
     else:
-        status = broker.broker_status(settings)
-    print(status.describe())
-    return 0 if status.reachable or args.action == "status" else 1
+        print(status.describe())
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -182,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", parents=[common], help="start/stop/report the local Kafka")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--nodes",
+        type=int,
+        help="up: a local cluster of N KRaft nodes on consecutive ports from the configured "
+        "one (down and status find a running one without it)",
+    )
+    p.add_argument("--json", action="store_true", help="status: every node as JSON")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("generate", parents=[common], help="write synthetic ticks to CSV")

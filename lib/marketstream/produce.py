@@ -5,6 +5,20 @@ One JSON message per tick (:meth:`Tick.to_message`), keyed by symbol,
 linger (the client and its tuning: :mod:`marketstream.clients`). Bad CSV rows
 are reported with their line number and skipped; the good ones still go.
 
+Replication (:func:`ensure_topic`): a topic the kit creates gets
+``KAFKA_REPLICATION_FACTOR`` replicas and ``min.insync.replicas`` =
+``KAFKA_MIN_INSYNC_REPLICAS`` (3 and 2), each capped to what the cluster can
+hold (replicas to its brokers, min ISR to the replicas), and the cap is said,
+not hidden. With ``acks=all``, an acknowledged tick is then on at least
+``min.insync.replicas`` brokers. A topic that exists is used as it is, with a
+warning when on a cluster of two or more brokers it has one replica or
+``min.insync.replicas=1``: then one broker's loss can lose acknowledged ticks.
+(Equal replicas and min ISR, e.g. 2 and 2, keep the guarantee but stop writes
+while a broker is down; that is the operator's choice and not warned about.)
+A user who may not create or list topics still runs against a pre-created one:
+when the admin request is refused but the topic's metadata is there, the kit
+goes on.
+
 Speed: kafka-python's ``send`` costs ~10 us of pure Python per message, which
 is the producer's ceiling; the timestamp format and the key's partition are
 kept cheaper than that (see :func:`marketstream.ticks.format_timestamp` and
@@ -13,32 +27,46 @@ kept cheaper than that (see :func:`marketstream.ticks.format_timestamp` and
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka.admin import NewTopic
-from kafka.errors import AuthorizationError, KafkaError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from tqdm.auto import tqdm
 
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
-from marketstream.errors import ProduceError
-from marketstream.kafka_errors import authorization_error, explain
+from marketstream.errors import KafkaUnavailable, ProduceError
+from marketstream.kafka_errors import authorization_error, describe, explain
+from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.ticks import CsvProblem, Tick, read_csv
 
 __all__ = [
     "ProduceError",
     "ProduceSummary",
+    "ReplicationPlan",
     "count_csv_rows",
     "delete_topic",
     "ensure_topic",
     "produce_csv",
     "produce_ticks",
+    "replication_plan",
+    "replication_warning",
     "require_csv",
 ]
+
+#: Refusals that mean "this user may not do that", not "the cluster is broken".
+_REFUSED = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
 
 #: How long a deleted topic may take to disappear from the metadata (KRaft: ~0.2 s here).
 DELETE_WAIT_S = 10.0
@@ -67,34 +95,182 @@ class ProduceSummary:
         )
 
 
-def ensure_topic(settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS) -> bool:
-    """Create the topic with ``settings.partitions`` partitions if missing; True if created.
+@dataclass(frozen=True)
+class ReplicationPlan:
+    """Replicas and ``min.insync.replicas`` for a new topic, and why they were capped."""
 
-    A user whose ACLs do not allow creating it gets one line saying which ACL
-    to ask for (a user who may not even describe it sees it as missing).
+    replication_factor: int
+    min_insync_replicas: int
+    capped: str = ""  # one line when a setting could not be honoured, else empty
+
+
+def replication_plan(settings: Settings, brokers: int | None) -> ReplicationPlan:
+    """What a new topic gets on a cluster of ``brokers`` (None: unknown, nothing capped).
+
+    Replicas: ``min(KAFKA_REPLICATION_FACTOR, brokers)``; min ISR:
+    ``min(KAFKA_MIN_INSYNC_REPLICAS, replicas)``. A single local broker thus gets 1 and 1.
+    """
+    wanted_rf, wanted_isr = settings.replication_factor, settings.min_insync_replicas
+    rf = wanted_rf if brokers is None else max(1, min(wanted_rf, brokers))
+    isr = min(wanted_isr, rf)
+    reasons = []
+    if rf < wanted_rf:
+        reasons.append(
+            f"replication factor {rf}, not KAFKA_REPLICATION_FACTOR={wanted_rf}: the cluster "
+            f"has {brokers} broker{'s' if brokers != 1 else ''}"
+        )
+    if isr < wanted_isr:
+        reasons.append(
+            f"min.insync.replicas {isr}, not KAFKA_MIN_INSYNC_REPLICAS={wanted_isr}: it cannot "
+            "exceed the replication factor"
+        )
+    capped = f"topic {settings.topic}: " + "; ".join(reasons) if reasons else ""
+    return ReplicationPlan(rf, isr, capped)
+
+
+def replication_warning(
+    topic: str, replicas: int | None, min_insync: int | None, brokers: int | None
+) -> str:
+    """One line if an existing topic cannot keep acknowledged ticks through one broker's
+    loss (a cluster of two or more brokers, and one replica or ``min.insync.replicas=1``);
+    empty otherwise, or when not known."""
+    if brokers is None or brokers < 2:
+        return ""
+    if replicas is not None and replicas < 2:
+        return (
+            f"topic {topic} has 1 replica on a cluster of {brokers} brokers: losing its "
+            "broker loses acknowledged ticks; recreate it with replication factor 2 or more"
+        )
+    if min_insync is not None and min_insync < 2 and (replicas or 0) >= 2:
+        return (
+            f"topic {topic} has min.insync.replicas={min_insync}: acks=all is then satisfied "
+            "by the leader alone, so losing it can lose acknowledged ticks; set the topic's "
+            "min.insync.replicas to 2"
+        )
+    return ""
+
+
+def ensure_topic(
+    settings: Settings,
+    clients: KafkaClients = DEFAULT_CLIENTS,
+    *,
+    say: Callable[[str], None] | None = None,
+) -> bool:
+    """Create the topic if missing (see the module docstring); True if created.
+
+    ``settings.partitions`` partitions, replicas and min ISR by
+    :func:`replication_plan`. A cap, a warning about an existing topic or the
+    fall-back to a pre-created topic is logged (JSON log) and told to ``say``.
     """
     admin = clients.admin(settings)
     try:
-        if settings.topic in admin.list_topics():
-            return False
-        admin.create_topics(
-            [NewTopic(settings.topic, num_partitions=settings.partitions, replication_factor=1)]
-        )
-        return True
-    except TopicAlreadyExistsError:
-        return False
-    except AuthorizationError as exc:
-        raise ProduceError(
-            explain(
-                exc,
-                settings,
-                f"creating topic {settings.topic}",
-                "nothing was sent",
-                operation="create",
-            )
-        ) from None
+        return _ensure_topic(admin, settings, clients, say)
     finally:
         admin.close()
+
+
+def _ensure_topic(
+    admin: Any, settings: Settings, clients: KafkaClients, say: Callable[[str], None] | None
+) -> bool:
+    def note(event: str, line: str, **fields: object) -> None:
+        get_logger(settings.log_path).warning(
+            event, extra={"topic": settings.topic, "detail": line, **fields}
+        )
+        if say is not None:
+            say(line)
+
+    brokers: int | None = None
+    with contextlib.suppress(*_REFUSED):
+        brokers = len(admin.describe_cluster().get("brokers") or []) or None
+    try:
+        exists = settings.topic in admin.list_topics()
+    except _REFUSED:
+        exists = False  # try to create it; a refusal there is handled below
+    if exists:
+        warning = replication_warning(settings.topic, *_replication_of(admin, settings), brokers)
+        if warning:
+            note("topic_under_replicated", warning, brokers=brokers)
+        return False
+    plan = replication_plan(settings, brokers)
+    new = {
+        settings.topic: {
+            "num_partitions": settings.partitions,
+            "replication_factor": plan.replication_factor,
+            "configs": {"min.insync.replicas": str(plan.min_insync_replicas)},
+        }
+    }
+    try:
+        admin.create_topics(new)
+    except TopicAlreadyExistsError:
+        return False
+    except InvalidReplicationFactorError as exc:
+        raise ProduceError(
+            f"cannot create topic {settings.topic} with {plan.replication_factor} replicas "
+            f"({describe(exc)}): fewer brokers are up than the cluster has; start them, "
+            "or lower KAFKA_REPLICATION_FACTOR"
+        ) from None
+    except KafkaError as exc:
+        if authorization_error(exc) is None:
+            raise
+        if not _topic_has_metadata(settings, clients):
+            raise ProduceError(
+                explain(
+                    exc,
+                    settings,
+                    f"creating topic {settings.topic}",
+                    f"nothing was sent (it needs {settings.partitions} partitions, replication "
+                    f"factor {plan.replication_factor}, min.insync.replicas "
+                    f"{plan.min_insync_replicas})",
+                    operation="create",
+                )
+            ) from None
+        note(
+            "topic_not_checked",
+            f"topic {settings.topic}: not allowed to create or describe it ({describe(exc)}), "
+            "but it exists; using it as it is",
+        )
+        return False
+    if plan.capped:
+        note(
+            "topic_replication_capped",
+            plan.capped,
+            brokers=brokers,
+            replication_factor=plan.replication_factor,
+            min_insync_replicas=plan.min_insync_replicas,
+        )
+    return True
+
+
+def _replication_of(admin: Any, settings: Settings) -> tuple[int | None, int | None]:
+    """(fewest replicas of any partition, min.insync.replicas) of the topic; None if not known."""
+    replicas = None
+    with contextlib.suppress(KafkaError, LookupError, TypeError):
+        [topic] = admin.describe_topics([settings.topic])
+        replicas = min(len(p["replica_nodes"]) for p in topic["partitions"])
+    min_insync = None
+    with contextlib.suppress(KafkaError, LookupError, TypeError, ValueError):
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, settings.topic, configs={"min.insync.replicas": None}
+        )
+        found = admin.describe_configs([resource], config_filter="all")
+        min_insync = int(found["topic"][settings.topic]["min.insync.replicas"]["value"])
+    return replicas, min_insync
+
+
+def _topic_has_metadata(settings: Settings, clients: KafkaClients) -> bool:
+    """Does the topic exist, as a consumer's metadata sees it (what a user without admin
+    rights may still ask)?"""
+    try:
+        consumer = clients.consumer(settings, subscribe=False)
+    except (KafkaError, KafkaUnavailable):
+        return False
+    try:
+        return bool(consumer.partitions_for_topic(settings.topic))
+    except KafkaError:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            consumer.close()
 
 
 def delete_topic(settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS) -> bool:
@@ -126,10 +302,10 @@ def produce_ticks(
     Delivery is reported per tick: a send that the broker finally refuses (after
     kafka-python's retries) counts as ``failed`` with its reason in ``problems``.
     """
-    ensure_topic(settings, clients)
+    summary = ProduceSummary()
+    ensure_topic(settings, clients, say=summary.problems.append)
     own = producer is None
     producer = producer or clients.producer(settings)
-    summary = ProduceSummary()
     failures: list[str] = []
     refused: list[KafkaError] = []
 

@@ -229,12 +229,15 @@ def _format_storage(
     libs: Path,
     run_dir: Path,
     props_file: Path,
+    quorum: Sequence[str] = (),
     *,
     scram: Sequence[str] = (),
     secrets: Sequence[str] = (),
 ) -> None:
     """Run ``StorageTool format --standalone`` once per data dir (meta.properties = done).
 
+    ``quorum`` replaces ``--standalone -t <new id>`` for a node of a cluster
+    (``-t <cluster id> --initial-controllers ...``, see :mod:`.cluster`).
     ``scram`` are ``--add-scram`` arguments (:func:`scram_arguments`): they hold
     passwords, so the main class and its arguments go into a private JVM
     ``@argfile``, deleted right after, and ``ps`` shows only its path;
@@ -243,7 +246,8 @@ def _format_storage(
     data = run_dir / "data"
     if (data / "meta.properties").is_file():
         return
-    args = ["format", "--standalone", "-t", new_cluster_id(), "-c", str(props_file), *scram]
+    start = quorum or ("--standalone", "-t", new_cluster_id())
+    args = ["format", *start, "-c", str(props_file), *scram]
     extra = [f"-Dlog4j2.configurationFile={run_dir / 'log4j2.properties'}"]
     argfile = run_dir / ".format.args"
     if scram:
@@ -329,11 +333,17 @@ def _prepare(
     run_dir: Path,
     say: Callable[[str], None] | None,
     security: ListenerSecurity | None = None,
+    *,
+    properties: str | None = None,
+    quorum: Sequence[str] = (),
+    jvm_opts: Sequence[str] = JVM_OPTS,
 ) -> list[str]:
     """Fetch the jars, write the configs, format the storage once; return the JVM command.
 
     With ``security``, ``server.properties`` holds passwords (JAAS lines), so it
-    and the keystore are written readable by their owner only.
+    and the keystore are written readable by their owner only. A node of a
+    cluster (:mod:`.cluster`) brings its own ``properties``, the ``quorum``
+    arguments of its storage format and its ``jvm_opts``.
     """
     host, port = settings.bootstrap_host_port
     java = find_java()
@@ -349,9 +359,11 @@ def _prepare(
             "internal_port": _internal_port((port, controller_port)),
             "keystore": _write_keystore(run_dir, security) if security.ssl else None,
         }
-    text = render_server_properties(
-        host, port, controller_port, data, num_partitions=settings.partitions, **secured
-    )
+    text = properties
+    if text is None:
+        text = render_server_properties(
+            host, port, controller_port, data, num_partitions=settings.partitions, **secured
+        )
     if security is not None:
         _write_private(props_file, text)
     else:
@@ -363,6 +375,7 @@ def _prepare(
         libs,
         run_dir,
         props_file,
+        quorum,
         scram=scram_arguments(security) if security is not None else (),
         secrets=security.secrets if security is not None else (),
     )
@@ -372,7 +385,7 @@ def _prepare(
         KAFKA_MAIN,
         [str(props_file)],
         extra=[
-            *JVM_OPTS,
+            *jvm_opts,
             f"-Dlog4j2.configurationFile={log_config}",
             f"-Dkafka.logs.dir={run_dir}",
             f"{RUN_DIR_PROPERTY}{run_dir}",
