@@ -324,7 +324,8 @@ def test_no_right_to_create_and_no_topic_is_one_line(settings: Settings) -> None
     with pytest.raises(ProduceError) as caught:
         ensure_topic(settings, cluster.clients())
     message = str(caught.value)
-    assert message.startswith("not allowed to create topic ticks (TopicAuthorizationFailedError")
+    assert message.startswith("creating topic ticks failed: user ANONYMOUS")
+    assert "is not allowed to create topic ticks: ask the cluster admin for CREATE" in message
     assert "3 partitions, replication factor 3, min.insync.replicas 2" in message
     assert "\n" not in message
 
