@@ -17,13 +17,13 @@ import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError
 
-from helpers import records_for
 from marketstream import store
 from marketstream.clients import KafkaClients
 from marketstream.consume import BATCH, LIVE, ConsumeHooks, consume
 from marketstream.errors import ConsumeError
 from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
+from support.factories import records_for
 
 
 class FakeConsumer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -20,20 +19,24 @@ import pytest
 from marketstream import store
 from marketstream.processes import free_port
 from marketstream.settings import PROJECT_ROOT
+from support.live import live_cli
+from support.processes import GRACE_S, alive, kill_all
+from support.waiting import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium "
-        "chromium-driver; .ci/run installs them)",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium "
+    "chromium-driver; .ci/run installs them)",
+)
+
+#: How long live mode, Voila and the page may take on a loaded machine (each wait ends
+#: as soon as what it waits for is there; a refresh normally comes every couple of s).
+START_S = 120
+REFRESH_S = 90
 
 #: The traces of the page's plotly figure (tagged by ``meta``): point count, last x, cells.
 READ_TRACES_JS = """
@@ -84,10 +87,8 @@ def browser(tmp_path) -> Iterator[object]:
         family = [driver_proc, *driver_proc.children(recursive=True)]
         with suppress(Exception):
             driver.quit()
-        _, alive = psutil.wait_procs([p for p in family if p.is_running()], timeout=10)
-        for p in alive:
-            with suppress(psutil.NoSuchProcess):
-                p.kill()
+        _, still = psutil.wait_procs(alive(family), timeout=GRACE_S)
+        kill_all(still)
 
 
 def read_traces(driver, meta: str) -> list[dict]:
@@ -96,31 +97,32 @@ def read_traces(driver, meta: str) -> list[dict]:
     return [t for t in traces if t["meta"] == meta]
 
 
-def wait_until(condition, timeout_s: float, what: str):
-    """Poll ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
 def test_voila_live_page_updates_in_place(fresh, browser):
-    from test_live import live_cli, wait_for
-
     settings = fresh.with_(voila_port=free_port())
     with live_cli(settings, "--no-api") as live:
-        wait_for(lambda: "Ctrl-C stops everything" in live.output(), 120, "Voila", live)
-        wait_for(lambda: store.tick_count(settings.db_path) > 0, 30, "first ticks", live)
+        wait_until(
+            lambda: "Ctrl-C stops everything" in live.output(),
+            START_S,
+            "Voila",
+            died=live.gone,
+            context=live.output,
+        )
+        wait_until(
+            lambda: store.tick_count(settings.db_path) > 0,
+            START_S,
+            "first ticks",
+            died=live.gone,
+            context=live.output,
+        )
         browser.get(f"http://127.0.0.1:{settings.voila_port}/")
 
         def prices_with_data() -> list[dict] | None:
             prices = read_traces(browser, "price")
             return prices if prices and all(t["n"] > 0 for t in prices) else None
 
-        prices = wait_until(prices_with_data, 120, "the Voila page's price chart to show data")
+        prices = wait_until(
+            prices_with_data, START_S, "the Voila page's price chart to show data", interval_s=0.5
+        )
         assert [t["name"] for t in prices] == list(settings.symbols)
         marker = browser.execute_script("window.__sameDocument = 42; return window.__sameDocument")
 
@@ -132,15 +134,18 @@ def test_voila_live_page_updates_in_place(fresh, browser):
             )
             return now if advanced else None
 
-        later = wait_until(newer_points, 30, "a refresh to bring newer points")
+        later = wait_until(
+            newer_points, REFRESH_S, "a refresh to bring newer points", interval_s=0.5
+        )
         assert browser.execute_script("return window.__sameDocument") == marker  # no reload
         volumes = read_traces(browser, "volume")
         assert [t["name"] for t in volumes] == list(settings.symbols)
         assert all(t["n"] > 0 for t in volumes)
         (freshness,) = wait_until(
             lambda: [t for t in read_traces(browser, "freshness") if t["n"] >= 2],
-            30,
+            REFRESH_S,
             "two freshness samples",
+            interval_s=0.5,
         )
         (table,) = read_traces(browser, "stats")
         assert sorted(table["cells"][0]) == sorted(settings.symbols)

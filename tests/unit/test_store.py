@@ -1,4 +1,5 @@
-"""The DuckDB store: schema, idempotent inserts, views, reads, and reads beside a writer."""
+"""The DuckDB store (:mod:`marketstream.store`): schema, idempotent inserts, views, reads,
+reads beside a writer, and the file signature the API's cache relies on."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from helpers import Record, batch_for
 from marketstream import store
 from marketstream.decode import decode_records
-from marketstream.store import RunMetrics, StoreUnavailable, TickWriter
+from marketstream.store import NO_SIGNATURE, RunMetrics, StoreUnavailable, TickWriter, signature
 from marketstream.ticks import generate_ticks
+from support.factories import Record, batch_for, tick_table, write_store
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
@@ -108,6 +109,17 @@ def test_run_metrics_and_health(db):
     assert health["freshness_s"] > 0
 
 
+def test_signature_changes_with_every_committed_write(tmp_path):
+    db = tmp_path / "s.duckdb"
+    assert signature(db) == NO_SIGNATURE == (0, 0, 0, 0)
+    write_store(db, tick_table(generate_ticks(("A",), 5, seed=1)), hold=False)
+    first = signature(db)
+    assert first != (0, 0, 0, 0)
+    assert signature(db) == first  # reading does not change it
+    write_store(db, tick_table(generate_ticks(("B",), 5, seed=2)), hold=False)
+    assert signature(db) != first
+
+
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(StoreUnavailable, match="run the pipeline first"):
         store.market_metrics(tmp_path / "nope.duckdb")
@@ -129,11 +141,11 @@ def test_reader_waits_for_a_writer_in_another_process(db):
     proc = ctx.Process(target=_hold_write_lock, args=(str(db), ready, release))
     proc.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(120)  # a spawned interpreter: slow to start on a loaded machine
         with pytest.raises(StoreUnavailable, match="locked"), store.read_connection(db, 0.2):
             pass
         release.set()  # the writer lets go while the reader retries
-        with store.read_connection(db, timeout_s=10) as con:
+        with store.read_connection(db, timeout_s=60) as con:  # retries until it lets go
             assert con.execute("SELECT count(*) FROM market_ticks").fetchone()[0] == 150
     finally:
         release.set()

@@ -1,24 +1,14 @@
-"""The Flask API against a real DuckDB file: shapes Grafana relies on, errors as JSON,
-the OpenAPI document, and one run under the real server (granian) over real HTTP."""
+"""The Flask API (:mod:`marketstream_api`) on a real DuckDB file through Flask's test
+client: the shapes Grafana relies on, errors as JSON, the broker probe, and the
+OpenAPI document. Under the real server (granian): test_api_serve.py; against the
+session's real broker: tests/integration/test_api.py."""
 
 from __future__ import annotations
 
-import os
-import re
-import selectors
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar
 
 import orjson
-import pyarrow as pa
 import pytest
 from kafka import KafkaAdminClient
 
@@ -29,68 +19,30 @@ from marketstream.settings import Settings
 from marketstream.ticks import DEFAULT_START, Tick, generate_ticks
 from marketstream_api.app import StoreReader, create_app
 from marketstream_api.health import BrokerProbe
+from support.api import app_for, get_json
+from support.factories import dead_table, run_metrics, tick_table, write_store
+from support.fakes import PASSWORD, SECURITY, recorder
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 N = 50
 RECEIVED = datetime(2025, 1, 6, 15, 0)
 
 
-def tick_table(ticks: list[Tick], offset0: int = 0) -> pa.Table:
-    """An Arrow batch in the store's schema, as the consumer would write it."""
-    return pa.table(
-        {
-            "symbol": [t.symbol for t in ticks],
-            "event_time": [t.timestamp.replace(tzinfo=None) for t in ticks],
-            "price": [t.price for t in ticks],
-            "volume": [t.volume for t in ticks],
-            "topic": ["market_ticks"] * len(ticks),
-            "partition": [0] * len(ticks),
-            "offset": list(range(offset0, offset0 + len(ticks))),
-            "received_at": [RECEIVED] * len(ticks),
-        },
-        schema=store.TICK_BATCH_SCHEMA,
-    )
-
-
-def dead_table() -> pa.Table:
-    row = ("market_ticks", 0, 999, b"SP500", b"{not json", "not valid UTF-8 JSON", RECEIVED)
-    return pa.table(
-        {name: [value] for name, value in zip(store.DEAD_LETTER_SCHEMA.names, row, strict=True)},
-        schema=store.DEAD_LETTER_SCHEMA,
-    )
-
-
 def make_db(path: Path, ticks: list[Tick], *, with_run: bool = True) -> Path:
-    with store.TickWriter(path) as writer:
-        writer.write_batch(tick_table(ticks), dead_table() if with_run else None)
-        if with_run:
-            writer.record_run(
-                store.RunMetrics(
-                    run_id="run-1",
-                    mode="batch",
-                    topic="market_ticks",
-                    started_at=RECEIVED,
-                    ended_at=RECEIVED + timedelta(seconds=2),
-                    elapsed_s=2.0,
-                    messages_processed=len(ticks) + 1,
-                    rows_inserted=len(ticks),
-                    duplicates=0,
-                    errors=1,
-                    max_event_time=max(t.timestamp for t in ticks).replace(tzinfo=None),
-                    throughput_per_s=75.5,
-                )
-            )
-    return path
-
-
-def app_for(
-    db_path: Path,
-    tmp_path: Path,
-    broker_check=lambda settings, timeout_s: True,
-    reader: StoreReader | None = None,
-):
-    settings = Settings().with_(db_path=db_path, log_path=tmp_path / "api.log")
-    return create_app(settings, broker_check=broker_check, reader=reader)
+    """A store of ``ticks`` (received at RECEIVED), with one dead letter and one run
+    (the run's figures are the ones the tests below expect) unless ``with_run`` is off."""
+    dead = dead_table(
+        ("market_ticks", 0, 999, b"SP500", b"{not json", "not valid UTF-8 JSON", RECEIVED)
+    )
+    run = run_metrics(
+        ticks, run_id="run-1", started_at=RECEIVED, elapsed_s=2.0, throughput_per_s=75.5, errors=1
+    )
+    return write_store(
+        path,
+        tick_table(ticks, topic="market_ticks", received_at=RECEIVED),
+        dead=dead if with_run else None,
+        run=run if with_run else None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +63,6 @@ def client(db, tmp_path):
 @pytest.fixture
 def missing_client(tmp_path):
     return app_for(tmp_path / "nope" / "missing.duckdb", tmp_path).test_client()
-
-
-def get_json(client, url: str, status: int = 200):
-    response = client.get(url)
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    return orjson.loads(response.get_data())
 
 
 def iso(ts: datetime) -> str:
@@ -296,44 +241,10 @@ def test_broker_probe_is_cached_and_never_raises():
 
 
 def test_broker_unreachable_keeps_status_ok(db, tmp_path):
-    client = app_for(db, tmp_path, broker_check=lambda s, t: False).test_client()
+    client = app_for(db, tmp_path, broker_up=False).test_client()
     body = get_json(client, "/health")
     assert body["status"] == "ok"
     assert body["broker"]["reachable"] is False
-
-
-PASSWORD = "pa55-Wörd_7f3c9e1d-never-print-me"
-SECURITY = {
-    "security_protocol": "SASL_SSL",
-    "sasl_mechanism": "SCRAM-SHA-512",
-    "sasl_plain_username": "marketstream-svc",
-    "sasl_plain_password": PASSWORD,
-    "ssl_cafile": "/etc/ssl/certs/cluster-ca.pem",
-}
-
-
-class RecordingAdmin:
-    """Stands in for KafkaAdminClient: records its options, reports one live broker."""
-
-    calls: ClassVar[list[dict[str, object]]] = []
-
-    def __init__(self, **config: object):
-        type(self).calls.append(config)
-
-    def describe_cluster(self) -> dict[str, object]:
-        return {"brokers": [{"node_id": 1}]}
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections (the probe's fast path passes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield sock.getsockname()[1]
 
 
 def test_health_probes_the_broker_with_the_security_settings(db, tmp_path, listener):
@@ -349,7 +260,7 @@ def test_health_probes_the_broker_with_the_security_settings(db, tmp_path, liste
         sasl_password=PASSWORD,
         ssl_cafile="/etc/ssl/certs/cluster-ca.pem",
     )
-    admin = type("Admin", (RecordingAdmin,), {"calls": []})
+    admin = recorder()
     client = create_app(settings, clients=KafkaClients(admin_class=admin)).test_client()
     response = client.get("/health")
     body = orjson.loads(response.get_data())
@@ -450,84 +361,3 @@ def test_index_lists_endpoints(client):
     body = get_json(client, "/")
     paths = [e["path"] for e in body["endpoints"]]
     assert {"/metrics", "/live", "/candles", "/runs", "/health", "/openapi.json"} <= set(paths)
-
-
-# --------------------------------------------------------------------------- real server
-
-
-def _start_server(db: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    """``python -m marketstream_api.serve`` on a free port; returns the process and its URL."""
-    env = {**os.environ, "MARKET_LOG_PATH": str(tmp_path / "serve.log")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "marketstream_api.serve", "--port", "0", "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    line = proc.stdout.readline() if selector.select(timeout=15) else ""
-    selector.close()
-    match = re.search(r"http://[\w.:\[\]]+", line)
-    if not match:
-        proc.kill()
-        pytest.fail(f"server did not start: {line!r} {proc.stderr.read()!r}")
-    return proc, match.group(0)
-
-
-def _fetch(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-
-
-def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
-    """Real HTTP, and the reader/writer dance: the test process writes micro-batches
-    (opening the file per batch, as live mode does) while requests keep coming."""
-    path = make_db(tmp_path / "live.duckdb", generate_ticks(SYMBOLS, 10))
-    proc, base = _start_server(path, tmp_path)
-    try:
-        status, rows = _fetch(f"{base}/metrics")
-        assert status == 200
-        assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 10)
-
-        later = DEFAULT_START + timedelta(minutes=5)
-        batches = [
-            generate_ticks(SYMBOLS, 5, seed=i, start=later + timedelta(seconds=5 * i))
-            for i in range(20)
-        ]
-        statuses: list[int] = []
-
-        def read_many() -> None:
-            for _ in range(15):
-                statuses.append(_fetch(f"{base}/live?limit=50")[0])
-
-        readers = [threading.Thread(target=read_many) for _ in range(3)]
-        for reader in readers:
-            reader.start()
-        writer = store.TickWriter(path, hold=False)
-        for i, batch in enumerate(batches):
-            writer.write_batch(tick_table(batch, offset0=1000 + 100 * i))
-        for reader in readers:
-            reader.join()
-        assert statuses == [200] * 45
-
-        status, rows = _fetch(f"{base}/metrics")
-        assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 110)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert returncode == 0
-
-
-@pytest.mark.integration
-def test_health_sees_a_real_broker(kafka, db, tmp_path):
-    """The default probe (KafkaClients.reachable) against the session's real broker."""
-    app = create_app(kafka.with_(db_path=db, log_path=tmp_path / "api.log"))
-    body = get_json(app.test_client(), "/health")
-    assert body["broker"] == {"reachable": True, "bootstrap_servers": kafka.bootstrap_servers}

@@ -1,13 +1,17 @@
-"""Unit tests of the pure tick logic: random walk, CSV, wire format, validation."""
+"""The pure tick logic (:mod:`marketstream.ticks`): random walk, CSV, wire format (and the
+producer's fast timestamp format), validation."""
 
 from __future__ import annotations
 
 import itertools
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marketstream.ticks import (
     CsvProblem,
@@ -121,6 +125,23 @@ def test_naive_timestamps_are_utc():
     assert parse_timestamp("2025-01-01T10:00:00") == datetime(2025, 1, 1, 10, tzinfo=UTC)
     assert parse_timestamp("2025-01-01T12:00:00+02:00") == datetime(2025, 1, 1, 10, tzinfo=UTC)
     assert format_timestamp(datetime(2025, 1, 1, 10)) == "2025-01-01T10:00:00.000000Z"
+
+
+timestamps = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.none()
+) | st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), ZoneInfo("UTC")]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=timestamps)
+def test_format_timestamp_fast_path_is_exactly_the_strftime_text(ts):
+    """``isoformat`` for UTC and naive times from year 1000 on, strftime's text always."""
+    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)  # naive: taken as UTC
+    assert format_timestamp(ts) == aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_csv_round_trip(tmp_path):

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-import pyarrow as pa
 import pytest
 import yaml
 
 from marketstream import store
-from marketstream.settings import DEFAULT_SYMBOLS, Settings
+from marketstream.settings import DEFAULT_SYMBOLS, PROJECT_ROOT
 from marketstream.ticks import generate_ticks
+from support.api import app_for
+from support.factories import run_metrics, tick_table, write_store
 
-ROOT = Path(__file__).resolve().parents[1]
-GRAFANA = ROOT / "grafana"
+GRAFANA = PROJECT_ROOT / "grafana"
 DASHBOARD_DIR = GRAFANA / "dashboards"
 DATASOURCE_FILE = GRAFANA / "provisioning" / "datasources" / "infinity.yml"
 PROVIDER_FILE = GRAFANA / "provisioning" / "dashboards" / "marketstream.yml"
@@ -354,24 +354,6 @@ def test_dashboard_targets_cover_the_api():
 # --------------------------------------------------------------------------- against the API
 
 
-def _arrow_ticks(count: int) -> pa.Table:
-    """``count`` ticks per default symbol ending now, as the consumer hands them to the store."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=count)
-    ticks = generate_ticks(DEFAULT_SYMBOLS, count, seed=7, start=start)
-    received = datetime.now(UTC).replace(tzinfo=None)
-    columns: dict[str, list[Any]] = {name: [] for name in store.TICK_BATCH_SCHEMA.names}
-    for offset, tick in enumerate(ticks):
-        columns["symbol"].append(tick.symbol)
-        columns["event_time"].append(tick.timestamp.astimezone(UTC).replace(tzinfo=None))
-        columns["price"].append(tick.price)
-        columns["volume"].append(tick.volume)
-        columns["topic"].append("market_ticks")
-        columns["partition"].append(0)
-        columns["offset"].append(offset)
-        columns["received_at"].append(received)
-    return pa.table(columns, schema=store.TICK_BATCH_SCHEMA)
-
-
 def _check_value(label: str, selector: str, kind: str, value: Any) -> None:
     if value is None:
         return
@@ -389,31 +371,23 @@ def _check_value(label: str, selector: str, kind: str, value: Any) -> None:
 
 
 def test_dashboard_targets_match_api(tmp_path):
-    from marketstream_api.app import create_app
-
     db_path = tmp_path / "market.duckdb"
     store.init_db(db_path)
     now = datetime.now(UTC).replace(tzinfo=None)
-    with store.TickWriter(db_path) as writer:
-        assert writer.write_batch(_arrow_ticks(120)) == 120 * len(DEFAULT_SYMBOLS)
-        writer.record_run(
-            store.RunMetrics(
-                run_id="test-run",
-                mode="batch",
-                topic="market_ticks",
-                started_at=now - timedelta(seconds=3),
-                ended_at=now,
-                elapsed_s=3.0,
-                messages_processed=360,
-                rows_inserted=360,
-                duplicates=0,
-                errors=0,
-                max_event_time=now,
-                throughput_per_s=120.0,
-            )
-        )
-    settings = Settings().with_(db_path=db_path, log_path=tmp_path / "api.log")
-    client = create_app(settings, broker_check=lambda settings, timeout_s: False).test_client()
+    # 120 ticks per default symbol ending now, as the consumer hands them to the store
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=120)
+    ticks = generate_ticks(DEFAULT_SYMBOLS, 120, seed=7, start=start)
+    run = run_metrics(
+        ticks,
+        run_id="test-run",
+        started_at=now - timedelta(seconds=3),
+        elapsed_s=3.0,
+        throughput_per_s=120.0,
+        max_event_time=now,
+    )
+    write_store(db_path, tick_table(ticks, topic="market_ticks"), run=run)
+    assert store.tick_count(db_path) == 120 * len(DEFAULT_SYMBOLS)
+    client = app_for(db_path, tmp_path, broker_up=False).test_client()
 
     checked = 0
     for query, url in infinity_targets():

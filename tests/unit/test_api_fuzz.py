@@ -24,7 +24,7 @@ import hashlib
 import string
 import urllib.parse
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers import batch_for
 from marketstream import store
-from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
-from marketstream_api.app import create_app
+from support.api import app_for
+from support.factories import batch_for, run_metrics, write_store
 
 try:
     import schemathesis
@@ -111,29 +110,17 @@ HOSTILE = [
 
 
 def build_db(path: Path) -> Path:
-    """A small real store: 3 symbols x 120 ticks, a dead letter, one run."""
+    """A small real store: 3 symbols x 120 ticks, through the real decoder, and one run."""
     ticks = generate_ticks(SYMBOLS, 120, seed=3)
     batch = batch_for(ticks, topic="market_ticks")
-    when = datetime(2025, 1, 6, 15, 0)
-    with store.TickWriter(path) as writer:
-        writer.write_batch(batch.ticks, batch.dead)
-        writer.record_run(
-            store.RunMetrics(
-                run_id="fuzz-run",
-                mode="batch",
-                topic="market_ticks",
-                started_at=when,
-                ended_at=when + timedelta(seconds=1),
-                elapsed_s=1.0,
-                messages_processed=len(ticks),
-                rows_inserted=len(ticks),
-                duplicates=0,
-                errors=0,
-                max_event_time=max(t.timestamp for t in ticks).replace(tzinfo=None),
-                throughput_per_s=360.0,
-            )
-        )
-    return path
+    run = run_metrics(
+        ticks,
+        run_id="fuzz-run",
+        started_at=datetime(2025, 1, 6, 15, 0),
+        elapsed_s=1.0,
+        throughput_per_s=360.0,
+    )
+    return write_store(path, batch.ticks, dead=batch.dead, run=run)
 
 
 def fingerprint(path: Path) -> tuple[str, list[str]]:
@@ -153,8 +140,7 @@ def missing_db(tmp_path_factory) -> Path:
 
 
 def make_app(db: Path, log_dir: Path):
-    settings = Settings().with_(db_path=db, log_path=log_dir / "api.log")
-    return create_app(settings, broker_check=lambda settings, timeout_s: False)
+    return app_for(db, log_dir, broker_up=False)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,15 +23,8 @@ from marketstream.clients import KafkaClients, connection_config
 from marketstream.errors import KafkaUnavailable
 from marketstream.logs import read_log
 from marketstream.settings import Settings
+from support.fakes import PASSWORD, SECURITY, Recorder, recorder
 
-PASSWORD = "pa55-Wörd_7f3c9e1d-never-print-me"
-SECURITY = {
-    "security_protocol": "SASL_SSL",
-    "sasl_mechanism": "SCRAM-SHA-512",
-    "sasl_plain_username": "marketstream-svc",
-    "sasl_plain_password": PASSWORD,
-    "ssl_cafile": "/etc/ssl/certs/cluster-ca.pem",
-}
 ENV = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka-1.example.internal:9094,kafka-2.example.internal:9094",
     "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
@@ -53,45 +44,6 @@ def secured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     monkeypatch.setenv("MARKET_LOG_PATH", str(tmp_path / "pipeline.log"))
     monkeypatch.setenv("MARKET_CSV_PATH", str(tmp_path / "missing.csv"))
     return Settings.from_env()
-
-
-class Recorder:
-    """Stands in for a kafka-python class: records the keyword arguments it was built with."""
-
-    calls: list[dict[str, object]]
-
-    def __init__(self, **config: object):
-        type(self).calls.append(config)
-
-    # the few methods the kit calls on the objects it builds
-    def subscribe(self, topics: list[str]) -> None:
-        self.topics = topics
-
-    def list_topics(self) -> list[str]:
-        return []
-
-    def create_topics(self, topics: list[object]) -> None:
-        self.created = topics
-
-    def describe_cluster(self) -> dict[str, object]:
-        return {"brokers": [{"node_id": 1}]}
-
-    def close(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-def recorder() -> type[Recorder]:
-    return type("Recorded", (Recorder,), {"calls": []})
-
-
-@pytest.fixture
-def listener() -> Iterator[str]:
-    """A real TCP listener on 127.0.0.1 (it accepts, it does not speak Kafka): the
-    probe's TCP check passes, and the recorder stands in for the Kafka half."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 SERVERS = ["kafka-1.example.internal:9094", "kafka-2.example.internal:9094"]
@@ -156,16 +108,18 @@ def test_admin_clients_get_security(secured: Settings, action) -> None:
     assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG)
 
 
-def test_broker_probe_with_settings_gets_security(secured: Settings, listener: str) -> None:
-    """``marketstream broker status`` and start-up checks probe with the settings' security."""
+def test_broker_probe_with_settings_gets_security(secured: Settings, listener: int) -> None:
+    """``marketstream broker status`` and start-up checks probe with the settings' security.
+    ``listener`` accepts TCP (the probe's TCP check passes); the recorder is the Kafka half."""
     fake = recorder()
-    local = secured.with_(bootstrap_servers=f"{listener},{listener}")
+    server = f"127.0.0.1:{listener}"
+    local = secured.with_(bootstrap_servers=f"{server},{server}")
     status = broker.broker_status(
         local, run_dir=Path("/nonexistent/run"), clients=KafkaClients(admin_class=fake)
     )
     assert status.reachable
     [config] = fake.calls
-    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG, [listener, listener])
+    assert_secured(config, KafkaAdminClient.DEFAULT_CONFIG, [server, server])
 
 
 # --------------------------------------------------------------------------- secrets

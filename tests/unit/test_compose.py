@@ -12,11 +12,11 @@ import jsonschema
 import pytest
 import yaml
 
-from marketstream.settings import Settings
+from marketstream.settings import PROJECT_ROOT, Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "compose-spec.json"
+SCHEMA_FILE = ROOT / "tests" / "schemas" / "compose-spec.json"
 GRAFANA_PROVISIONING = ROOT / "grafana" / "provisioning"
 
 #: The published port of each service: the defaults the README and Settings document.

@@ -1,7 +1,7 @@
 """Integration: generator -> real Kafka broker -> DuckDB file, the papermill pipeline, nbval.
 
 The broker is a real single-node KRaft Kafka started by the session fixture
-in conftest.py; each test gets its own topic, consumer group and DuckDB file.
+in tests/conftest.py; each test gets its own topic, consumer group and DuckDB file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 
 import nbformat
 import pandas as pd
-import pytest
 from kafka import KafkaProducer
 
 from marketstream import store
@@ -24,7 +23,6 @@ from marketstream.produce import produce_csv
 from marketstream.settings import PROJECT_ROOT
 from marketstream.ticks import generate_ticks, write_csv
 
-pytestmark = pytest.mark.integration
 SYMBOLS = {"SP500", "STOXX600", "NIKKEI225"}
 
 
