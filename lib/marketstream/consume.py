@@ -3,7 +3,7 @@
 Delivery: each batch goes through a :class:`Checkpoint`, whose steps run in
 one order: **poll → decode → store commit → Kafka commit**. A crash between
 any two replays the batch, and the store skips ticks it already has, so the
-effect is exactly-once: no tick lost, none duplicated (tests/test_crash.py
+effect is exactly-once: no tick lost, none duplicated (tests/integration/test_crash.py
 kills the consumer at each step, through :class:`ConsumeHooks`). Messages
 that are not valid ticks go to ``dead_letters`` with their raw bytes and the
 reason (:mod:`marketstream.decode`).

@@ -1,4 +1,4 @@
-"""The real consumer, with a SIGKILL at one named step of its checkpoint (tests/test_crash.py).
+"""The real consumer, with a SIGKILL at a named step of its checkpoint (integration/test_crash.py).
 
 Run as a separate process, so signals, DuckDB's write-ahead log and the
 consumer-group protocol behave as in production. The fault goes in through

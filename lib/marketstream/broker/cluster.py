@@ -3,7 +3,7 @@
 Why: one broker cannot show what replication buys. On three nodes a topic with
 replication factor 3 and ``min.insync.replicas=2`` keeps every acknowledged tick
 through the loss of any one node, the active controller included, and producer
-and consumer carry on after a short stall (``tests/integration_cluster``).
+and consumer carry on after a short stall (``tests/integration/cluster``).
 ``marketstream broker up --nodes 3`` starts one without Docker, from the same
 Maven jars as the single broker, reusing :mod:`.node` for the storage format,
 the JVM launch, the pid files and the readiness check.
@@ -41,7 +41,7 @@ through the CLI at a load average of 2-9), and use 305-330 MiB RSS each when
 idle, 340-460 MiB after the failover test's 110,000 ticks; ``stop_cluster``
 takes 6 s (all nodes at once). A killed node restarts in 9 s (24-38 s under
 load; ~4.5 s of it recovering its logs after the SIGKILL). With a producer at
-~1,000 ticks/s (``tests/integration_cluster/test_failover.py``, three runs): a
+~1,000 ticks/s (``tests/integration/cluster/test_failover.py``, three runs): a
 plain broker SIGKILLed stops acknowledgements for 3.0-3.4 s, the active
 controller for 5.6-7.2 s (a new quorum leader is elected first, then the dead
 broker's session expires).

@@ -1,0 +1,1 @@
+"""Headless Chromium against the Voila page; marked ``browser`` (and ``integration``)."""

@@ -1,0 +1,1 @@
+"""Tests that talk to a real Kafka broker; marked ``integration`` by conftest.py."""

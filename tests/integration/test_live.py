@@ -1,0 +1,282 @@
+"""``marketstream live`` end to end on a real broker: rows arrive at the configured rate,
+one Ctrl-C stops every process it started, a server that cannot start stops the rest,
+and the API stays correct under a few thousand concurrent requests while the live
+consumer writes.
+
+Live mode runs as the real CLI in a subprocess (:mod:`support.live`): DuckDB forbids
+one process from holding a file read-write (the live consumer) and read-only (this
+test's reads) at once, and a subprocess is also what a user runs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+import psutil
+import pytest
+
+from marketstream import store
+from marketstream.processes import free_port, port_open
+from support.live import live_cli
+from support.processes import GRACE_S, alive
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_stray_children")
+
+#: How long live mode may take to start its servers, or to show its first ticks, on a
+#: loaded machine (both normally take seconds; the wait ends as soon as they are there).
+START_S = 120
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- live mode
+
+
+def test_live_mode_end_to_end(fresh):
+    """15 s of ``marketstream live``: rows grow while it runs, at the configured rate."""
+    duration = 15.0
+    with live_cli(fresh, "--no-api", "--no-voila", "--duration", str(duration)) as live:
+        counts: list[int] = []
+
+        def sampled_until_it_ended() -> bool:
+            counts.append(store.tick_count(fresh.db_path))
+            return live.proc.poll() is not None
+
+        wait_until(
+            sampled_until_it_ended,
+            duration + START_S,
+            "live mode to end after its duration",
+            interval_s=0.5,
+            context=live.output,
+        )
+        assert live.proc.wait() == 0, live.output()
+    assert not live.leftovers
+    growing = [c for c in counts if c > 0]
+    assert len(set(growing)) >= 5, f"row count did not grow while live: {counts}"
+    assert growing == sorted(growing)
+
+    ticks = store.ticks(fresh.db_path)
+    expected = duration * fresh.live_rate
+    for symbol, part in ticks.groupby("symbol"):
+        span = (part["event_time"].max() - part["event_time"].min()).total_seconds()
+        rate = (len(part) - 1) / span
+        print(f"{symbol}: {len(part)} ticks over {span:.2f}s = {rate:.2f}/s")
+        assert rate == pytest.approx(fresh.live_rate, rel=0.15)
+        assert len(part) == pytest.approx(expected, rel=0.25)
+    assert set(ticks["symbol"]) == set(fresh.symbols)
+    latency = (ticks["received_at"] - ticks["event_time"]).dt.total_seconds()
+    steady = latency[ticks["event_time"] > ticks["event_time"].min() + timedelta(seconds=3)]
+    print(
+        f"event -> consumer latency p50 {percentile(latency.tolist(), 50) * 1000:.1f} ms, "
+        f"p99 {percentile(latency.tolist(), 99) * 1000:.1f} ms; after the first 3 s "
+        f"(consumer group joined) p99 {percentile(steady.tolist(), 99) * 1000:.1f} ms"
+    )
+    runs = store.pipeline_runs(fresh.db_path)
+    assert runs.iloc[0]["mode"] == "live" and runs.iloc[0]["rows_inserted"] == len(ticks)
+
+
+def test_ctrl_c_stops_every_process_it_started(fresh):
+    """API, Voila and a Voila kernel are all gone after one Ctrl-C, and the exit code is 0."""
+    settings = fresh.with_(api_port=free_port(), voila_port=free_port())
+    with live_cli(settings) as live:
+        wait_until(
+            lambda: "Ctrl-C stops everything" in live.output(),
+            START_S,
+            "servers",
+            died=live.gone,
+            context=live.output,
+        )
+        wait_until(
+            lambda: store.tick_count(settings.db_path) > 0,
+            START_S,
+            "first ticks",
+            died=live.gone,
+            context=live.output,
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", settings.voila_port, timeout=120)
+        conn.request("GET", "/")  # Voila runs the notebook in a new kernel for this
+        page = conn.getresponse().read().decode()
+        conn.close()
+        assert "Live market" in page
+        family = live.descendants()
+        names = " ".join(" ".join(p.cmdline()) for p in family)
+        assert "marketstream_api.serve" in names and "voila" in names
+        assert "ipykernel" in names, names
+        live.proc.send_signal(signal.SIGINT)
+        assert live.proc.wait(timeout=60) == 0, live.output()
+        _, left = psutil.wait_procs(alive(family), timeout=GRACE_S)
+        assert not left, f"left behind: {[p.cmdline() for p in left]}"
+        assert not port_open("127.0.0.1", settings.api_port)
+        assert not port_open("127.0.0.1", settings.voila_port)
+    assert "live stopped after" in live.output()
+
+
+def test_a_server_that_cannot_start_stops_everything_with_one_line(fresh):
+    """The API's port is taken: live mode says so, stops the rest, and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = fresh.with_(api_port=taken.getsockname()[1])
+        with live_cli(settings, "--no-voila") as live:
+            assert live.proc.wait(timeout=120) == 1, live.output()
+    assert not live.leftovers
+    assert "API exited with code 1" in live.output(), live.output()
+    assert "cannot listen" in live.output()
+
+
+# --------------------------------------------------------------------------- load
+
+
+LOAD_REQUESTS = 3000
+LOAD_SECONDS = 20.0
+LOAD_THREADS = 6
+#: A slow machine sends fewer requests rather than running for ever.
+LOAD_MAX_SECONDS = 120.0
+LOAD_PATHS = ("/live?limit=60", "/metrics", "/runs?limit=5")
+#: A request that takes longer counts as an error; latencies are printed, not asserted.
+REQUEST_TIMEOUT_S = 30
+
+
+@dataclass
+class LoadResult:
+    """What the client saw: statuses, errors, latencies, and when each newest tick showed up."""
+
+    sent: int = 0
+    statuses: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    first_seen: dict[str, datetime] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def saw_newest(self, newest: str | None, at: datetime) -> None:
+        if newest is None:
+            return
+        with self.lock:
+            if newest not in self.first_seen or at < self.first_seen[newest]:
+                self.first_seen[newest] = at
+
+    def freshness_s(self) -> list[float]:
+        """Event time -> first response that showed it, for every newest tick seen."""
+        return [
+            (seen - datetime.fromisoformat(newest.replace("Z", "+00:00"))).total_seconds()
+            for newest, seen in self.first_seen.items()
+        ]
+
+
+def newest_in(path: str, body: object) -> str | None:
+    """The newest event time a response shows: /runs says it, /metrics has one per symbol."""
+    if path.startswith("/runs"):
+        return body["health"]["newest_event_time"]  # type: ignore[index]
+    if path.startswith("/metrics") and body:
+        return max(row["time"] for row in body)  # type: ignore[union-attr]
+    return None
+
+
+def client_thread(
+    port: int, n: int, interval_s: float, offset: int, result: LoadResult, deadline: float
+) -> None:
+    """One keep-alive client sending ``n`` requests paced at ``interval_s``, never past
+    ``deadline`` (monotonic): the load is bounded in count and in time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+    next_at = time.monotonic()
+    for i in range(n):
+        if time.monotonic() > deadline:
+            break
+        path = LOAD_PATHS[(i + offset) % len(LOAD_PATHS)]
+        next_at += interval_s
+        with result.lock:
+            result.sent += 1
+        started = time.perf_counter()
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            raw = response.read()
+            received = datetime.now(UTC)
+            elapsed = time.perf_counter() - started
+            with result.lock:
+                result.statuses.append(response.status)
+                result.latency_s.append(elapsed)
+            if response.status == 200:
+                result.saw_newest(newest_in(path, orjson.loads(raw)), received)
+            else:
+                with result.lock:
+                    result.errors.append(f"{path}: {response.status} {raw[:200]!r}")
+        except Exception as exc:
+            with result.lock:
+                result.errors.append(f"{path}: {type(exc).__name__}: {exc}")
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    conn.close()
+
+
+def test_api_under_load_while_the_live_consumer_writes(fresh):
+    """3000 requests over ~20 s from 6 threads at the real API (granian, own process)
+    while live mode writes: every response is a 200. Figures are printed, not asserted."""
+    settings = fresh.with_(api_port=free_port())
+    with live_cli(settings, "--no-voila") as live:
+        wait_until(
+            lambda: "Ctrl-C stops everything" in live.output(),
+            START_S,
+            "the API",
+            died=live.gone,
+            context=live.output,
+        )
+        wait_until(
+            lambda: store.tick_count(settings.db_path) > 30,
+            START_S,
+            "first ticks",
+            died=live.gone,
+            context=live.output,
+        )
+        before = store.tick_count(settings.db_path)
+        result = LoadResult()
+        per_thread = LOAD_REQUESTS // LOAD_THREADS
+        deadline = time.monotonic() + LOAD_MAX_SECONDS
+        interval = LOAD_SECONDS / per_thread
+        threads = [
+            threading.Thread(
+                target=client_thread,
+                args=(settings.api_port, per_thread, interval, i, result, deadline),
+            )
+            for i in range(LOAD_THREADS)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=LOAD_MAX_SECONDS + 2 * REQUEST_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+        after = store.tick_count(settings.db_path)
+        during = [line for line in live.output().splitlines() if "event->DuckDB" in line]
+        assert live.proc.poll() is None, live.output()
+    fresh_s = result.freshness_s()
+    lat = result.latency_s
+    print(
+        f"\nload: {len(lat)} of {LOAD_REQUESTS} requests in {elapsed:.1f}s "
+        f"({len(lat) / elapsed:.0f} req/s), "
+        f"{len(result.errors)} errors; store grew {after - before} rows "
+        f"({(after - before) / elapsed:.1f}/s)\n"
+        f"API latency p50 {percentile(lat, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat, default=0) * 1000:.1f} ms\n"
+        f"freshness (event time -> visible in the API) over {len(fresh_s)} ticks: "
+        f"p50 {percentile(fresh_s, 50) * 1000:.0f} ms, "
+        f"p99 {percentile(fresh_s, 99) * 1000:.0f} ms\n"
+        "live mode's own status lines:\n  " + "\n  ".join(during)
+    )
+    assert not live.leftovers, live.leftovers
+    assert not result.errors, f"{len(result.errors)} errors, first: {result.errors[:5]}"
+    assert len(result.statuses) == result.sent > 0  # every request answered
+    assert set(result.statuses) == {200}
+    assert after > before, "the live consumer stopped writing under read load"

@@ -1,0 +1,47 @@
+"""Child processes of a test: which are still alive, ending them, and none left over."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import suppress
+
+import psutil
+
+#: How long processes get to end by themselves before a test calls them left over. It is
+#: only reached when something is wrong: ``psutil.wait_procs`` returns once they are gone.
+GRACE_S = 30.0
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie has ended, it only waits to be reaped)."""
+    out = []
+    for p in procs:
+        with suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    """SIGKILL whatever of ``procs`` is still running."""
+    for p in alive(procs):
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def no_stray_children() -> Iterator[None]:
+    """Body of conftest's ``no_stray_children`` fixture: every child process of pytest
+    that appeared during the test must be gone (within :data:`GRACE_S`) at its end;
+    stragglers are killed, and the test fails naming them."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    new = [p for p in me.children(recursive=True) if p.pid not in before]
+    _, still = psutil.wait_procs(alive(new), timeout=GRACE_S)
+    still = alive(still)
+    names = []
+    for p in still:
+        with suppress(psutil.NoSuchProcess):
+            names.append(p.cmdline())
+    kill_all(still)
+    assert not still, f"stray processes: {names}"

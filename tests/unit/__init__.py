@@ -1,0 +1,1 @@
+"""Pure logic: no Kafka broker, no browser (``pytest tests/unit``)."""

@@ -1,0 +1,254 @@
+"""Unit tests of the consumer's commit order, through its own seams.
+
+A fake consumer stands in for Kafka (handed over through ``KafkaClients``), the
+store is a real DuckDB file, and :class:`ConsumeHooks` records or breaks the
+steps. What must hold: a batch's offsets are committed to Kafka only after its
+store transaction committed; a failure at any step leaves no offset committed
+for a batch the store does not hold; and replaying a batch adds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, ClassVar
+
+import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaConnectionError
+
+from marketstream import store
+from marketstream.clients import KafkaClients
+from marketstream.consume import BATCH, LIVE, ConsumeHooks, consume
+from marketstream.errors import ConsumeError
+from marketstream.settings import Settings
+from marketstream.ticks import generate_ticks
+from support.factories import records_for
+
+
+class FakeConsumer:
+    """Serves prepared polls from one topic's records; records every commit."""
+
+    instances: ClassVar[list[FakeConsumer]] = []
+
+    def __init__(self, **config: Any):
+        self.config = config
+        self.polls: deque[list] = deque()
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.events: list[str] = []
+        self.position_of: dict[TopicPartition, int] = {}
+        self.ends: dict[TopicPartition, int] = {}
+        self.fail_poll: Exception | None = None
+        self.closed = False
+        FakeConsumer.instances.append(self)
+
+    # what the kit calls
+    def subscribe(self, topics: list[str]) -> None:
+        self.topics = topics
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        if self.fail_poll is not None:
+            raise self.fail_poll
+        if not self.polls:
+            return {}
+        records = self.polls.popleft()[:max_records]
+        by_tp: dict[TopicPartition, list] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            by_tp.setdefault(tp, []).append(r)
+            self.position_of[tp] = max(self.position_of.get(tp, 0), r.offset + 1)
+        return by_tp
+
+    def assignment(self) -> set:
+        return set(self.ends)
+
+    def end_offsets(self, tps: list) -> dict:
+        return {tp: self.ends[tp] for tp in tps}
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.position_of.get(tp, 0)
+
+    def commit(self, offsets: dict) -> None:
+        self.events.append("kafka-commit")
+        self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
+
+    def close(self, autocommit: bool = True) -> None:
+        self.closed = True
+
+
+def fake_clients(polls: list[list]) -> KafkaClients:
+    """Clients whose consumer serves ``polls`` (each a list of records), then nothing."""
+
+    def build(**config: Any) -> FakeConsumer:
+        consumer = FakeConsumer(**config)
+        consumer.polls.extend(polls)
+        for batch in polls:
+            for r in batch:
+                tp = TopicPartition(r.topic, r.partition)
+                consumer.ends[tp] = max(consumer.ends.get(tp, 0), r.offset + 1)
+        return consumer
+
+    return KafkaClients(consumer_class=build)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings().with_(
+        topic="t",
+        db_path=tmp_path / "m.duckdb",
+        log_path=tmp_path / "p.log",
+        batch_size=1000,
+        idle_timeout_s=0.5,
+    )
+
+
+def polls_of(n_ticks: int, per_poll: int) -> list[list]:
+    records = records_for(generate_ticks(("SP500", "DAX"), n_ticks // 2, seed=3), topic="t")
+    return [records[i : i + per_poll] for i in range(0, len(records), per_poll)]
+
+
+def test_each_batch_is_committed_to_kafka_only_after_the_store_commits(settings):
+    FakeConsumer.instances.clear()
+    polls = polls_of(300, 100)
+    steps: list[str] = []
+
+    def before_store_commit(con: Any, batch: Any) -> None:
+        # inside the transaction: this batch's rows are visible here, not yet outside
+        inside = con.execute("SELECT count(*) FROM market_ticks").fetchall()[0][0]
+        outside = con.cursor().execute("SELECT count(*) FROM market_ticks").fetchall()[0][0]
+        steps.append(f"store-commit {inside - outside}")
+
+    hooks = ConsumeHooks(
+        before_store_commit=before_store_commit,
+        before_kafka_commit=lambda batch, added: steps.append(f"kafka-commit {added}"),
+        after_kafka_commit=lambda batch, added: steps.append("done"),
+    )
+    run = consume(settings, progress=False, hooks=hooks, clients=fake_clients(polls))
+    assert steps == ["store-commit 100", "kafka-commit 100", "done"] * 3
+    [consumer] = FakeConsumer.instances
+    # the committed offsets are each batch's highest offset + 1, per partition
+    committed: dict[TopicPartition, int] = {}
+    for commit in consumer.commits:
+        for tp, offset in commit.items():
+            assert offset > committed.get(tp, -1)
+            committed[tp] = offset
+    assert committed == consumer.ends
+    assert (run.messages_processed, run.rows_inserted, run.status) == (300, 300, "ok")
+    assert store.tick_count(settings.db_path) == 300
+    assert consumer.config["enable_auto_commit"] is False
+    assert consumer.closed
+
+
+def stored_keys(settings: Settings) -> set[tuple[int, int]]:
+    """(partition, offset) of every stored tick."""
+    frame = store.ticks(settings.db_path)
+    return set(zip(frame["partition"], frame["offset"], strict=True))
+
+
+def keys_of(records: list) -> set[tuple[int, int]]:
+    return {(r.partition, r.offset) for r in records}
+
+
+def test_a_store_failure_commits_no_offset_for_that_batch(settings):
+    FakeConsumer.instances.clear()
+    polls = polls_of(300, 100)
+    calls = [0]
+
+    def fail_second(con: Any, batch: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        consume(
+            settings,
+            progress=False,
+            hooks=ConsumeHooks(before_store_commit=fail_second),
+            clients=fake_clients(polls),
+        )
+    [consumer] = FakeConsumer.instances
+    # only the first batch's offsets are committed, and it is stored; the failed
+    # transaction rolled back (the third batch, already handed to the writer, may be
+    # stored, but its offsets are not committed, so a restart reads it again)
+    assert len(consumer.commits) == 1
+    assert keys_of(polls[0]) <= stored_keys(settings)
+    assert not keys_of(polls[1]) & stored_keys(settings)
+    # the restart resumes after the committed offsets: nothing lost, nothing doubled
+    again = consume(settings, progress=False, clients=fake_clients(polls[1:]))
+    assert again.messages_processed == 200
+    assert stored_keys(settings) == keys_of([r for p in polls for r in p])
+    assert store.tick_count(settings.db_path) == 300
+
+
+def test_a_failure_before_the_kafka_commit_replays_without_duplicates(settings):
+    FakeConsumer.instances.clear()
+    polls = polls_of(200, 100)
+
+    def die(batch: Any, added: int) -> None:
+        raise RuntimeError("killed between the commits")
+
+    with pytest.raises(RuntimeError):
+        consume(
+            settings,
+            progress=False,
+            hooks=ConsumeHooks(before_kafka_commit=die),
+            clients=fake_clients(polls),
+        )
+    assert FakeConsumer.instances[0].commits == []
+    stored = store.tick_count(settings.db_path)
+    assert stored >= 100  # stored (one batch, or two: the writer runs ahead), none committed
+    # the restarted consumer gets the same records again (nothing was committed)
+    again = consume(settings, progress=False, clients=fake_clients(polls))
+    assert again.messages_processed == 200
+    assert (again.rows_inserted, again.duplicates) == (200 - stored, stored)
+    assert store.tick_count(settings.db_path) == 200
+
+
+def test_kafka_failure_is_one_line_naming_the_broker_and_what_is_safe(settings):
+    def build(**config: Any) -> FakeConsumer:
+        consumer = FakeConsumer(**config)
+        consumer.fail_poll = KafkaConnectionError()
+        return consumer
+
+    with pytest.raises(ConsumeError) as caught:
+        consume(settings, progress=False, clients=KafkaClients(consumer_class=build))
+    text = str(caught.value)
+    assert "\n" not in text
+    assert settings.bootstrap_servers in text
+    assert "every batch stored so far is committed" in text
+    [run] = store.pipeline_runs(settings.db_path).to_dict("records")
+    assert run["status"] == "failed"
+
+
+def test_max_messages_is_a_budget_not_a_hint(settings):
+    FakeConsumer.instances.clear()
+    run = consume(
+        settings, progress=False, max_messages=150, clients=fake_clients(polls_of(300, 100))
+    )
+    assert run.messages_processed == 150
+    assert sum(FakeConsumer.instances[0].commits[-1].values()) <= 150
+
+
+def test_live_policy_accumulates_polls_into_fewer_writes(settings):
+    """Live mode writes at most once per write gap, so many small polls become one batch."""
+    FakeConsumer.instances.clear()
+    polls = polls_of(200, 5)  # 40 tiny polls, back to back
+    stop = threading.Event()
+    batches: list[int] = []
+
+    def after(batch: Any, added: int) -> None:
+        batches.append(added)
+        if sum(batches) == 200:
+            stop.set()
+
+    run = consume(
+        settings,
+        live=True,
+        stop=stop,
+        progress=False,
+        on_batch=after,
+        clients=fake_clients(polls),
+    )
+    assert sum(batches) == 200 and run.status == "stopped"
+    assert len(batches) < len(polls)
+    assert run.mode == LIVE.mode and LIVE.write_gap_s and BATCH.write_gap_s is None

@@ -1,0 +1,82 @@
+"""The Voila page's refresh logic (:mod:`marketstream.livepage`) on a DuckDB file, in a
+thread, on an event loop and headless under papermill. In a real browser:
+tests/browser/test_voila_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import papermill
+import pytest
+
+from marketstream.live import LIVE_NOTEBOOK
+from marketstream.livepage import LivePage, status_html
+from marketstream.settings import Settings
+from support.factories import recent_ticks, write_store
+
+pytestmark = pytest.mark.usefixtures("no_stray_children")
+
+SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
+
+
+def test_live_page_draws_from_the_store_and_waits_politely_without_one(tmp_path):
+    settings = Settings().with_(db_path=tmp_path / "m.duckdb", symbols=SYMBOLS)
+    page = LivePage(settings, window_s=60, refresh_s=0.1)
+    assert page.refresh() is False
+    assert "waiting for data" in page.status.value and "no database" in page.status.value
+
+    write_store(settings.db_path, recent_ticks(SYMBOLS, 30), hold=False)
+    assert page.refresh() is True, page.last_error
+    assert [len(t.x) for t in page.traces("price")] == [30] * 3
+    assert [len(t.y) for t in page.traces("volume")] == [30] * 3
+    (table,) = page.traces("stats")
+    assert list(table.cells.values[0]) == sorted(SYMBOLS)
+    (freshness,) = page.traces("freshness")
+    assert len(freshness.y) == 1
+    assert "● live" in page.status.value and "360</b> ticks" in page.status.value
+
+    page.start(max_refreshes=3)
+    page.wait(timeout_s=120)  # returns as soon as the three refreshes are done
+    assert not page.running
+    assert page.refreshes == 5 and len(page.traces("freshness")[0].y) == 4
+
+
+def test_live_page_refreshes_on_the_running_event_loop(tmp_path):
+    """In a kernel the loop is an asyncio task (widgets are not thread-safe), not a thread."""
+    settings = Settings().with_(db_path=tmp_path / "m.duckdb", symbols=SYMBOLS)
+    write_store(settings.db_path, recent_ticks(SYMBOLS, 10), hold=False)
+    page = LivePage(settings, window_s=60, refresh_s=0.05)
+
+    async def run() -> None:
+        page.start(max_refreshes=3)
+        assert page.running and page._thread is None
+        while page.running:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run())
+    assert page.refreshes == 3 and page.last_error is None
+    assert [len(t.x) for t in page.traces("price")] == [10] * 3
+
+
+def test_status_bar_escapes_errors():
+    text = status_html(None, 2.0, error="<script>x</script>")
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_live_notebook_runs_headless_with_papermill(tmp_path):
+    """The Voila page's notebook also runs under papermill and ends (bounded refreshes)."""
+    db = write_store(tmp_path / "m.duckdb", recent_ticks(SYMBOLS, 20), hold=False)
+    out = tmp_path / "05_live.out.ipynb"
+    papermill.execute_notebook(
+        str(LIVE_NOTEBOOK),
+        str(out),
+        parameters={
+            "settings_overrides": {"db_path": str(db)},
+            "refresh_s": 0.2,
+            "max_refreshes": 2,
+        },
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=120,
+    )
+    assert "application/vnd.jupyter.widget-view+json" in out.read_text(encoding="utf-8")
