@@ -6,7 +6,7 @@ it" sequence, and none of them looked at the security settings, so a secured
 cluster that refused the login looked like "no broker" and the kit tried to
 start one in its place; the error then named the wrong cause ("port in use by
 another program") instead of the real one (a wrong password, a typo'd host).
-The rule (README, "Pointing at an existing Kafka cluster"):
+The rule (README, "Pointing at a real cluster"):
 
 * a broker that answers at the bootstrap servers is used and never touched;
 * otherwise a local one is started only when the address is this machine's,

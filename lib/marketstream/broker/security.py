@@ -1,6 +1,6 @@
 """How a local broker's client listener is secured: one frozen value, checked once.
 
-Why this exists: "Pointing at an existing Kafka cluster" (README) promises that
+Why this exists: "Pointing at a real cluster" (README) promises that
 SASL and TLS settings work against real clusters, and the only honest test of
 that is a real broker with a secured listener. The kit's tests start such
 brokers from the same jars as the demo broker, so the security of a listener
