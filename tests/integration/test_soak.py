@@ -19,7 +19,9 @@ def test_soak_harness_small_run_lands_every_tick_with_flat_memory(fresh):
     assert report.exit_code == 0
     assert report.rows == 60_000
     assert len(report.samples) >= 3
-    assert 0 < max(s.rss_bytes for s in report.samples) <= report.peak_rss_bytes
+    # the kernel's high-water mark (wait4's ru_maxrss) is updated lazily, so a sample
+    # read from /proc a moment before it was seen 80 KB above it (307.89 vs 307.81 MB)
+    assert 0 < max(s.rss_bytes for s in report.samples) <= report.peak_rss_bytes * 1.01
     assert list(report.curve) == list(CHECKPOINTS)
     # loose on purpose (a short run on a shared machine): the consumer keeps nothing of
     # what it has written, so its memory at the end is nowhere near 3x that at 10%

@@ -24,6 +24,7 @@ from marketstream.pipeline import run_pipeline
 from marketstream.produce import ensure_topic, produce_ticks, replication_plan
 from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
+from support.waiting import wait_until
 
 
 def replication(settings: Settings) -> tuple[list[int], str]:
@@ -39,6 +40,14 @@ def replication(settings: Settings) -> tuple[list[int], str]:
     finally:
         admin.close()
     return replicas, configs["topic"][settings.topic]["min.insync.replicas"]["value"]
+
+
+def _known(settings: Settings) -> tuple[list[int], str] | None:
+    """:func:`replication`, or None while a broker does not know the topic's config yet."""
+    try:
+        return replication(settings)
+    except KeyError:
+        return None
 
 
 def create_by_hand(settings: Settings, replicas: int, min_insync: int) -> None:
@@ -57,6 +66,8 @@ def create_by_hand(settings: Settings, replicas: int, min_insync: int) -> None:
         )
     finally:
         admin.close()
+    # as a pre-existing topic would be: its config known to every broker
+    wait_until(lambda: _known(settings) is not None, 30, "the topic's config")
 
 
 # --------------------------------------------------------------------------- replication
@@ -66,7 +77,8 @@ def test_topics_get_three_replicas_and_min_insync_two(on_cluster: Settings) -> N
     heard: list[str] = []
     assert ensure_topic(on_cluster, say=heard.append) is True
     assert heard == []
-    assert replication(on_cluster) == ([3, 3, 3], "2")
+    # a new topic's configs reach every broker's metadata a moment after its creation
+    wait_until(lambda: _known(on_cluster) == ([3, 3, 3], "2"), 30, "the topic's replication")
     assert ensure_topic(on_cluster, say=heard.append) is False
     assert heard == []  # fully replicated: nothing to warn about
 
