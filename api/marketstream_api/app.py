@@ -9,6 +9,15 @@ traceback page.
 Two seams, so tests (and embedders) pass collaborators instead of patching
 module globals: ``clients`` / ``broker_check`` for the broker probe of
 ``/health`` (:mod:`.health`), and ``reader``, the store reads every endpoint makes.
+
+Time ranges: ``/live``, ``/candles``, ``/metrics`` and ``/runs`` take ``since``
+(exclusive) and ``until`` (inclusive), so a Grafana panel asking with the
+dashboard's ``${__timeFrom}``/``${__timeTo}`` shows that range and nothing else.
+
+The original kit's shape: ``/v0/live`` and ``/v0/metrics`` answer with its field
+names (``tick_count``, ``<SYMBOL>_volume``, ...), its row order and its ``time``, so
+dashboards saved against that kit keep working; :class:`OriginalPaths` serves them at
+the original's own paths for dashboards that cannot be edited (api/README.md says why).
 """
 
 from __future__ import annotations
@@ -33,18 +42,29 @@ from marketstream.settings import Settings
 from .cache import ReadCache, ReplayCache
 from .encode import first_line, frame_records, iso, json_bytes, json_response
 from .health import BrokerCheck, BrokerProbe, health_report
-from .openapi import CANDLES_LIMIT, LIVE_LIMIT, RUNS_LIMIT, build_spec, integer_properties
-from .params import BadParameter, int_param, interval_param, since_param, symbol_param
+from .openapi import (
+    CANDLES_LIMIT,
+    LIVE_LIMIT,
+    RUNS_LIMIT,
+    V0_LIVE_LIMIT,
+    build_spec,
+    integer_properties,
+)
+from .params import BadParameter, int_param, interval_param, symbol_param, time_range_params
 
-__all__ = ["CACHED_PATHS", "StoreReader", "create_app"]
+__all__ = ["CACHED_PATHS", "ORIGINAL_PATHS", "OriginalPaths", "StoreReader", "create_app"]
 
 #: The paths whose 200 answers the read cache keeps and replays (they only read the store).
-CACHED_PATHS = frozenset({"/metrics", "/live", "/candles"})
+CACHED_PATHS = frozenset({"/metrics", "/live", "/candles", "/v0/live"})
+
+#: The original kit's paths and where this API serves their shape.
+ORIGINAL_PATHS = {"/live": "/v0/live", "/metrics": "/v0/metrics"}
 
 #: Counts written as integers, as the document declares them (see integer_properties).
 _METRIC_INTS = integer_properties("Metric")
 _CANDLE_INTS = integer_properties("Candle")
 _RUN_INTS = integer_properties("Run")
+_V0_METRIC_INTS = integer_properties("V0Metric")
 
 
 @dataclass(frozen=True)
@@ -55,36 +75,63 @@ class StoreReader:
     JSON line) and for an embedder reading another store with the same shapes.
     """
 
-    market_metrics: Callable[[Path], pd.DataFrame] = store.market_metrics
+    market_metrics: Callable[..., pd.DataFrame] = store.market_metrics
     live_wide: Callable[..., pd.DataFrame] = store.live_wide
-    candles: Callable[[Path, str, int, int], pd.DataFrame] = store.candles
-    pipeline_runs: Callable[[Path, int], pd.DataFrame] = store.pipeline_runs
+    candles: Callable[..., pd.DataFrame] = store.candles
+    pipeline_runs: Callable[..., pd.DataFrame] = store.pipeline_runs
     health_snapshot: Callable[[Path], store.HealthSnapshot] = store.health_snapshot
+    metrics_v0: Callable[[Path], pd.DataFrame] = store.metrics_v0
+    live_v0: Callable[[Path, int], pd.DataFrame] = store.live_v0
 
 
 # --------------------------------------------------------------------------- answers
 
 
+def _is_volume(name: str) -> bool:
+    # Symbols are upper-case, so only the volume columns end in lower-case "volume".
+    return name.endswith("volume")
+
+
 def _metrics(settings: Settings, reader: StoreReader) -> bytes:
-    frame = reader.market_metrics(settings.db_path)
+    since, until = time_range_params()
+    if since is None and until is None:
+        frame = reader.market_metrics(settings.db_path)
+    else:
+        frame = reader.market_metrics(settings.db_path, since=since, until=until)
     frame = frame[[*store.METRIC_COLUMNS, "last_tick"]].rename(columns={"last_tick": "time"})
     return json_bytes(frame_records(frame, _METRIC_INTS))
 
 
 def _live(settings: Settings, reader: StoreReader) -> bytes:
     limit = int_param("limit", LIVE_LIMIT)
-    since = since_param("since")
-    frame = reader.live_wide(settings.db_path, limit=limit, since=since)
-    # Symbols are upper-case, so only the volume columns end in lower-case "volume".
-    return json_bytes(frame_records(frame, lambda name: name.endswith("volume")))
+    since, until = time_range_params()
+    frame = reader.live_wide(settings.db_path, limit=limit, since=since, until=until)
+    return json_bytes(frame_records(frame, _is_volume))
 
 
 def _candles(settings: Settings, reader: StoreReader) -> bytes:
     symbol = symbol_param("symbol")
     interval_s = interval_param("interval")
     limit = int_param("limit", CANDLES_LIMIT)
-    frame = reader.candles(settings.db_path, symbol, interval_s, limit)
+    since, until = time_range_params()
+    frame = reader.candles(settings.db_path, symbol, interval_s, limit, since=since, until=until)
     return json_bytes(frame_records(frame, _CANDLE_INTS))
+
+
+def _live_v0(settings: Settings, reader: StoreReader) -> bytes:
+    frame = reader.live_v0(settings.db_path, int_param("limit", V0_LIVE_LIMIT))
+    return json_bytes(frame_records(frame, _is_volume))
+
+
+def _metrics_v0(settings: Settings, reader: StoreReader, cache: ReadCache) -> list[dict[str, Any]]:
+    """The original's statistics, stamped with the time of the answer as the original was
+    (its "Price Trends" panel plots them against it); kept like ``/runs``, stamped after."""
+    records = cache.get(
+        ("v0-metrics",),
+        lambda: frame_records(reader.metrics_v0(settings.db_path), _V0_METRIC_INTS),
+    )
+    now = iso(datetime.now(UTC))
+    return [{**record, "time": now} for record in records]
 
 
 def _runs(settings: Settings, reader: StoreReader, cache: ReadCache) -> dict[str, Any]:
@@ -95,13 +142,17 @@ def _runs(settings: Settings, reader: StoreReader, cache: ReadCache) -> dict[str
     and every uncached read competes with the live writer for the file.
     """
     limit = int_param("limit", RUNS_LIMIT)
+    since, until = time_range_params()
 
     def compute() -> tuple[store.HealthSnapshot, list[dict[str, Any]]]:
         snapshot = reader.health_snapshot(settings.db_path)
-        runs = frame_records(reader.pipeline_runs(settings.db_path, limit), _RUN_INTS)
-        return snapshot, runs
+        if since is None and until is None:
+            frame = reader.pipeline_runs(settings.db_path, limit)
+        else:
+            frame = reader.pipeline_runs(settings.db_path, limit, since=since, until=until)
+        return snapshot, frame_records(frame, _RUN_INTS)
 
-    snapshot, runs = cache.get(("runs", limit), compute)
+    snapshot, runs = cache.get(("runs", limit, since, until), compute)
     health = snapshot.at(datetime.now(UTC).replace(tzinfo=None))
     health["newest_event_time"] = iso(health["newest_event_time"])
     return {"health": health, "runs": runs}
@@ -143,6 +194,14 @@ def _register_routes(
     @app.get("/runs")
     def runs() -> Response:
         return json_response(_runs(settings, reader, cache))
+
+    @app.get("/v0/live")
+    def live_v0() -> Response:
+        return json_response(_live_v0(settings, reader))
+
+    @app.get("/v0/metrics")
+    def metrics_v0() -> Response:
+        return json_response(_metrics_v0(settings, reader, cache))
 
     @app.get("/health")
     def health() -> Response:
@@ -220,3 +279,23 @@ def create_app(
 
     app.wsgi_app = ReplayCache(app.wsgi_app, cache, CACHED_PATHS)  # type: ignore[method-assign]
     return app
+
+
+class OriginalPaths:
+    """WSGI wrapper: ``/live`` and ``/metrics`` answer as ``/v0/live`` and ``/v0/metrics``.
+
+    For a dashboard saved against the original kit that its owner cannot or will not
+    edit: its panels ask ``http://duckdb-api:8080/live`` and read ``SP500_volume``,
+    ``tick_count``... A server run with ``serve --original-paths`` under that name
+    answers them; every other path is this API's own. Wraps the app itself, so the
+    two shapes share one read cache.
+    """
+
+    def __init__(self, app: Callable[..., Any]):
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        target = ORIGINAL_PATHS.get(environ.get("PATH_INFO", ""))
+        if target is not None:
+            environ = {**environ, "PATH_INFO": target}
+        return self.app(environ, start_response)

@@ -38,6 +38,8 @@ class IntBound:
 LIVE_LIMIT = IntBound(default=300, minimum=1, maximum=5000)
 CANDLES_LIMIT = IntBound(default=500, minimum=1, maximum=5000)
 RUNS_LIMIT = IntBound(default=50, minimum=1, maximum=1000)
+#: ``/v0/live`` answers the original kit's 50 rows unless asked for more.
+V0_LIVE_LIMIT = IntBound(default=50, minimum=1, maximum=5000)
 
 #: Candle widths in seconds: one second up to one day.
 INTERVAL_MIN_S = 1
@@ -127,6 +129,38 @@ _SCHEMAS: dict[str, Any] = {
             "time": "2025-01-06T14:30:00.000000Z",
             "SP500": 5901.25,
             "SP500volume": 2100,
+        },
+    },
+    "V0Metric": {
+        "type": "object",
+        "description": (
+            "The original kit's per-symbol statistics: its field names, prices rounded "
+            "to 2 decimals, `time` the moment of the answer."
+        ),
+        "required": ["symbol", "tick_count", "avg_price", "max_price", "min_price", "time"],
+        "properties": {
+            "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
+            "tick_count": {"type": "integer"},
+            "avg_price": {"type": "number"},
+            "max_price": {"type": "number"},
+            "min_price": {"type": "number"},
+            "time": {**_TIME, "description": "when the answer was given (UTC)"},
+        },
+    },
+    "V0LiveRow": {
+        "type": "object",
+        "required": ["time"],
+        "description": (
+            "The original kit's `/live` row: a second in which every symbol of the store "
+            "ticked, `time`, a price column named after each symbol (last price) and a "
+            "`<SYMBOL>_volume` column (summed volume)."
+        ),
+        "properties": {"time": _TIME},
+        "additionalProperties": {"type": ["number", "integer"]},
+        "example": {
+            "time": "2025-01-06T14:30:00.000000Z",
+            "SP500": 5901.25,
+            "SP500_volume": 2100,
         },
     },
     "Candle": {
@@ -244,10 +278,22 @@ def _paths() -> dict[str, Any]:
         "required": False,
         "description": (
             "only ticks strictly after this instant: ISO-8601 (naive = UTC, e.g. "
-            "2025-01-06T14:30:00Z) or epoch milliseconds as Grafana's ${__from} gives"
+            "2025-01-06T14:30:00Z) or epoch milliseconds as Grafana's ${__from} "
+            "(Infinity: ${__timeFrom}) gives"
         ),
         "schema": {"type": "string", "example": "2025-01-06T14:30:00Z"},
     }
+    until = {
+        "name": "until",
+        "in": "query",
+        "required": False,
+        "description": (
+            "only ticks at or before this instant, in the same formats as since "
+            "(Grafana's ${__to}, Infinity's ${__timeTo}); not before since"
+        ),
+        "schema": {"type": "string", "example": "2025-01-06T14:45:00Z"},
+    }
+    time_range = [since, until]
     symbol = {
         "name": "symbol",
         "in": "query",
@@ -274,16 +320,18 @@ def _paths() -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "summary": "per-symbol tick count, average/max/min price, total volume",
+                "description": "over every tick, or over the ticks in (since, until]",
+                "parameters": time_range,
                 "responses": {
                     "200": _array_of("Metric", "one object per symbol, by symbol"),
-                    **_errors(503, 500),
+                    **_errors(400, 503, 500),
                 },
             }
         },
         "/live": {
             "get": {
                 "summary": "recent ticks per second, one wide row per second (Grafana)",
-                "parameters": [_limit(LIVE_LIMIT, "seconds (newest kept)"), since],
+                "parameters": [_limit(LIVE_LIMIT, "seconds (newest kept)"), *time_range],
                 "responses": {
                     "200": _array_of("LiveRow", "oldest first"),
                     **_errors(400, 503, 500),
@@ -293,7 +341,12 @@ def _paths() -> dict[str, Any]:
         "/candles": {
             "get": {
                 "summary": "OHLCV candles with VWAP for one symbol",
-                "parameters": [symbol, interval, _limit(CANDLES_LIMIT, "candles (newest kept)")],
+                "parameters": [
+                    symbol,
+                    interval,
+                    _limit(CANDLES_LIMIT, "candles (newest kept)"),
+                    *time_range,
+                ],
                 "responses": {
                     "200": _array_of("Candle", "oldest first; [] for an unknown symbol"),
                     **_errors(400, 503, 500),
@@ -303,10 +356,33 @@ def _paths() -> dict[str, Any]:
         "/runs": {
             "get": {
                 "summary": "store health and the newest consumer runs",
-                "parameters": [_limit(RUNS_LIMIT, "runs")],
+                "description": (
+                    "health is always now; with since/until, runs are those that ran "
+                    "during (since, until]"
+                ),
+                "parameters": [_limit(RUNS_LIMIT, "runs"), *time_range],
                 "responses": {
                     "200": _json(_ref("Runs"), "health plus runs, newest first"),
                     **_errors(400, 503, 500),
+                },
+            }
+        },
+        "/v0/live": {
+            "get": {
+                "summary": "the original kit's /live: seconds every symbol ticked in",
+                "parameters": [_limit(V0_LIVE_LIMIT, "seconds (newest kept)")],
+                "responses": {
+                    "200": _array_of("V0LiveRow", "newest first"),
+                    **_errors(400, 503, 500),
+                },
+            }
+        },
+        "/v0/metrics": {
+            "get": {
+                "summary": "the original kit's /metrics: tick_count, avg/max/min_price",
+                "responses": {
+                    "200": _array_of("V0Metric", "one object per symbol, by symbol"),
+                    **_errors(503, 500),
                 },
             }
         },

@@ -58,8 +58,10 @@ def int_param(name: str, bound: IntBound) -> int:
     return value
 
 
-def since_param(name: str = "since") -> datetime | None:
-    """An instant as naive UTC (how the store keeps times): ISO-8601 or epoch milliseconds."""
+def instant_param(name: str) -> datetime | None:
+    """An instant as naive UTC (how the store keeps times): ISO-8601 or epoch milliseconds
+    (what Grafana's ``${__from}``/``${__to}`` and Infinity's ``${__timeFrom}``/``${__timeTo}``
+    give), or None when absent."""
     raw = _arg(name)
     if raw is None:
         return None
@@ -76,6 +78,24 @@ def since_param(name: str = "since") -> datetime | None:
         except TickError:
             continue
     raise BadParameter(name, f"{expected}, got {raw!r}")
+
+
+def since_param(name: str = "since") -> datetime | None:
+    """The start of a time range, exclusive (see :func:`instant_param`)."""
+    return instant_param(name)
+
+
+def until_param(name: str = "until") -> datetime | None:
+    """The end of a time range, inclusive (see :func:`instant_param`)."""
+    return instant_param(name)
+
+
+def time_range_params() -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until``; a range that ends before it starts is a 400 naming ``until``."""
+    since, until = since_param(), until_param()
+    if since is not None and until is not None and until < since:
+        raise BadParameter("until", f"until ({until:%Y-%m-%dT%H:%M:%S}Z) is before since")
+    return since, until
 
 
 def symbol_param(name: str = "symbol") -> str:

@@ -37,6 +37,9 @@ from marketstream.settings import Settings, SettingsError
 DEFAULT_WORKERS = 1
 #: Threads per worker running the app; DuckDB releases the GIL while it reads.
 DEFAULT_THREADS = 4
+#: The WSGI objects granian's workers import (see :mod:`.wsgi`).
+WSGI_APP = "marketstream_api.wsgi:app"
+WSGI_ORIGINAL_PATHS_APP = "marketstream_api.wsgi:original_paths_app"
 
 
 def claim_port(host: str, port: int) -> int:
@@ -69,9 +72,14 @@ def _announce_when_listening(host: str, port: int, line: str, timeout_s: float =
 
 
 def serve(
-    settings: Settings, *, workers: int = DEFAULT_WORKERS, threads: int = DEFAULT_THREADS
+    settings: Settings,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    threads: int = DEFAULT_THREADS,
+    target: str = WSGI_APP,
 ) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM stop granian and its workers cleanly)."""
+    """Serve ``target`` until interrupted (Ctrl-C or SIGTERM stop granian and its workers
+    cleanly)."""
     from granian import Granian
     from granian.constants import Interfaces
 
@@ -85,7 +93,7 @@ def serve(
     multiprocessing.set_start_method("spawn", force=True)
     host = settings.api_host
     server = Granian(
-        "marketstream_api.wsgi:app",
+        target,
         address=settings.api_host,
         port=port,
         interface=Interfaces.WSGI,
@@ -110,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", help="DuckDB file (MARKET_DB_PATH)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="per worker")
+    parser.add_argument(
+        "--original-paths",
+        action="store_true",
+        help="answer /live and /metrics in the original kit's shape (as /v0/live, /v0/metrics)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(api_host=args.host, api_port=args.port, db_path=args.db)
@@ -118,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # until granian takes over
     try:
-        serve(settings, workers=args.workers, threads=args.threads)
+        target = WSGI_ORIGINAL_PATHS_APP if args.original_paths else WSGI_APP
+        serve(settings, workers=args.workers, threads=args.threads, target=target)
     except OSError as exc:  # typically the port is taken
         where = join_host_port(settings.api_host, settings.api_port)
         print(

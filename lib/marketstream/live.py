@@ -45,9 +45,15 @@ MAX_BACKLOG_S = 1.0
 #: How often the terminal gets a one-line progress report.
 STATUS_EVERY_S = 10.0
 
-#: Voila shuts a page's kernel down once it has been idle and disconnected this long.
-VOILA_CULL_IDLE_S = 120
-VOILA_CULL_INTERVAL_S = 30
+#: The Voila configuration every way of serving the page uses (this module, the voila
+#: service of docker-compose.yml, the README's stand-alone command), passed as
+#: ``--Voila.config_file_paths`` (Voila 0.5.13 reads ``voila.json`` from those folders;
+#: it has no ``--config``). It culls a page's kernel once it has been idle and
+#: disconnected for 120 s, checked every 30 s: Voila 0.5.13 cannot shut a closed
+#: page's kernel down (its unload request lacks an XSRF token), so without culling every
+#: closed tab keeps a kernel until the server stops (each ~140 MB: measured here, the RSS
+#: of a process holding what the page imports).
+VOILA_CONFIG = PROJECT_ROOT / "notebooks" / "voila.json"
 
 # --------------------------------------------------------------------------- producer
 
@@ -157,11 +163,9 @@ def voila_command(settings: Settings, notebook: Path = LIVE_NOTEBOOK) -> list[st
         "--no-browser",
         "--Voila.ip=127.0.0.1",
         "--show_tracebacks=True",
-        # Voila 0.5.13 cannot shut a closed page's kernel down (its unload request lacks
-        # an XSRF token); the page stops refreshing without a browser, and the server
-        # then culls the idle kernel, so closed tabs do not pile up kernels.
-        f"--MappingKernelManager.cull_idle_timeout={VOILA_CULL_IDLE_S}",
-        f"--MappingKernelManager.cull_interval={VOILA_CULL_INTERVAL_S}",
+        # Kernel culling (see VOILA_CONFIG): the page stops refreshing without a browser
+        # (livepage.ORPHAN_AFTER_S), and the server then culls the idle kernel.
+        f"--Voila.config_file_paths={VOILA_CONFIG.parent}",
     ]
 
 

@@ -29,7 +29,20 @@ import pyarrow as pa
 
 from marketstream.errors import StoreUnavailable
 
-SCHEMA = """
+#: The ``market_metrics`` view's columns, also what :func:`market_metrics` computes over a
+#: time range: one text, so the range's answer and the view's cannot drift apart.
+_METRICS_SELECT = """symbol,
+       count(*)                  AS tickcount,
+       round(avg(price), 4)      AS avgprice,
+       max(price)                AS maxprice,
+       min(price)                AS minprice,
+       sum(volume)               AS totalvolume,
+       min(event_time)           AS first_tick,
+       max(event_time)           AS last_tick,
+       date_diff('millisecond', min(event_time), max(event_time)) / 1000.0
+                                 AS session_duration_s"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS market_ticks (
     symbol      VARCHAR   NOT NULL,
     event_time  TIMESTAMP NOT NULL,   -- UTC
@@ -67,16 +80,7 @@ CREATE TABLE IF NOT EXISTS pipeline_metrics (
     status             VARCHAR
 );
 CREATE OR REPLACE VIEW market_metrics AS
-SELECT symbol,
-       count(*)                  AS tickcount,
-       round(avg(price), 4)      AS avgprice,
-       max(price)                AS maxprice,
-       min(price)                AS minprice,
-       sum(volume)               AS totalvolume,
-       min(event_time)           AS first_tick,
-       max(event_time)           AS last_tick,
-       date_diff('millisecond', min(event_time), max(event_time)) / 1000.0
-                                 AS session_duration_s
+SELECT {_METRICS_SELECT}
 FROM market_ticks GROUP BY symbol;
 CREATE OR REPLACE VIEW live_ticks AS
 SELECT symbol, event_time, price, volume, received_at,
@@ -379,14 +383,51 @@ def ticks(path: Path, symbols: Sequence[str] | None = None) -> pd.DataFrame:
     return _frame(path, "SELECT * FROM market_ticks ORDER BY event_time, symbol")
 
 
-def market_metrics(path: Path) -> pd.DataFrame:
-    """Per-symbol count/avg/max/min price, volume and session duration."""
-    return _frame(path, "SELECT * FROM market_metrics ORDER BY symbol")
+def _time_range(
+    since: datetime | None, until: datetime | None, column: str = "event_time"
+) -> tuple[str, list[datetime]]:
+    """``AND`` clauses keeping ``column`` in ``(since, until]`` (absent bounds: no clause).
+
+    A time range as Grafana's panels ask for one: ``since`` exclusive, as the API's
+    ``since`` always was, ``until`` inclusive, so two adjacent ranges share no tick.
+    Only ``column`` (a constant of this module) is SQL text; the instants are bound.
+    """
+    clauses, params = [], []
+    if since is not None:
+        clauses.append(f" AND {column} > ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f" AND {column} <= ?")
+        params.append(until)
+    return "".join(clauses), params
 
 
-def pipeline_runs(path: Path, limit: int = 50) -> pd.DataFrame:
-    """The newest consumer runs first."""
-    return _frame(path, "SELECT * FROM pipeline_metrics ORDER BY started_at DESC LIMIT ?", [limit])
+def market_metrics(
+    path: Path, since: datetime | None = None, until: datetime | None = None
+) -> pd.DataFrame:
+    """Per-symbol count/avg/max/min price, volume and session duration, over every tick
+    or over the ticks in ``(since, until]`` (a symbol without ticks there has no row)."""
+    if since is None and until is None:
+        return _frame(path, "SELECT * FROM market_metrics ORDER BY symbol")
+    where, params = _time_range(since, until)
+    sql = f"SELECT {_METRICS_SELECT} FROM market_ticks WHERE true{where} GROUP BY symbol"
+    return _frame(path, f"{sql} ORDER BY symbol", params)
+
+
+def pipeline_runs(
+    path: Path, limit: int = 50, since: datetime | None = None, until: datetime | None = None
+) -> pd.DataFrame:
+    """The newest consumer runs first; with ``since``/``until``, those that ran during
+    ``(since, until]`` (started by ``until`` and not ended by ``since``)."""
+    where, params = _time_range(since, None, "coalesce(ended_at, started_at)")
+    if until is not None:
+        where += " AND started_at <= ?"
+        params.append(until)
+    return _frame(
+        path,
+        f"SELECT * FROM pipeline_metrics WHERE true{where} ORDER BY started_at DESC LIMIT ?",
+        [*params, limit],
+    )
 
 
 def dead_letters(path: Path, limit: int = 100) -> pd.DataFrame:
@@ -404,6 +445,7 @@ _LIVE_SQL = """
                arg_max(price, event_time) AS price, sum(volume) AS volume
         FROM market_ticks
         WHERE event_time > coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
+          AND event_time <= coalesce(?::TIMESTAMP, TIMESTAMP 'infinity')
           AND event_time >= coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
         GROUP BY ALL
     ),
@@ -415,18 +457,26 @@ _LIVE_SQL = """
 _SECONDS_SQL = """
     SELECT count(DISTINCT date_trunc('second', event_time)) FROM market_ticks
     WHERE event_time >= ? AND event_time > coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
+      AND event_time <= coalesce(?::TIMESTAMP, TIMESTAMP 'infinity')
 """
 _BEFORE_SQL = """
     SELECT max(event_time) FROM market_ticks
     WHERE event_time < ? AND event_time > coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
 """
+_NEWEST_BY_SQL = "SELECT max(event_time) FROM market_ticks WHERE event_time <= ?"
 #: Windows tried before /live groups the whole table (data with many long gaps).
 _LIVE_WINDOW_STEPS = 8
 
 
-def live_wide(path: Path, limit: int = 300, since: datetime | None = None) -> pd.DataFrame:
+def live_wide(
+    path: Path,
+    limit: int = 300,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
     """Recent ticks per second as a wide frame: ``time``, one price and one
-    ``<SYMBOL>volume`` column per symbol present (last price, summed volume).
+    ``<SYMBOL>volume`` column per symbol present (last price, summed volume);
+    the newest ``limit`` seconds with ticks in ``(since, until]``.
 
     Grouping the whole table costs 100+ ms at a million ticks, so the answer
     is looked for in time windows that DuckDB reads from a few row groups (its
@@ -434,13 +484,17 @@ def live_wide(path: Path, limit: int = 300, since: datetime | None = None) -> pd
     hold fewer seconds with ticks, the window extends down from the newest
     tick before it (a live stream started on an older store has a gap there),
     a few times at most before grouping everything. Same answer, ~5 ms.
+    An ``until`` before the newest tick (a Grafana range in the past) moves the
+    first window's end down to the newest tick at or before it.
     """
     with read_connection(path) as con:
         newest = con.execute("SELECT max(event_time) FROM market_ticks").fetchall()[0][0]
-        if newest is None:
+        if newest is not None and until is not None and newest > until:
+            newest = con.execute(_NEWEST_BY_SQL, [until]).fetchall()[0][0]
+        if newest is None or (since is not None and newest <= since):
             return pivot_wide(pd.DataFrame())
         start: datetime | None = newest.replace(microsecond=0) - timedelta(seconds=limit - 1)
-        seconds = con.execute(_SECONDS_SQL, [start, since]).fetchall()[0][0]
+        seconds = con.execute(_SECONDS_SQL, [start, since, until]).fetchall()[0][0]
         for _ in range(_LIVE_WINDOW_STEPS):
             if seconds >= limit:
                 break
@@ -448,29 +502,39 @@ def live_wide(path: Path, limit: int = 300, since: datetime | None = None) -> pd
             if before is None:  # nothing older (after `since`): the window holds it all
                 break
             start = before.replace(microsecond=0) - timedelta(seconds=limit - seconds - 1)
-            seconds = con.execute(_SECONDS_SQL, [start, since]).fetchall()[0][0]
+            seconds = con.execute(_SECONDS_SQL, [start, since, until]).fetchall()[0][0]
         else:
             if seconds < limit:
                 start = None  # sparse data: group everything
-        long = con.execute(_LIVE_SQL, [since, start, limit]).df()
+        long = con.execute(_LIVE_SQL, [since, until, start, limit]).df()
     return pivot_wide(long)
 
 
-def pivot_wide(long: pd.DataFrame) -> pd.DataFrame:
-    """Long (time, symbol, price, volume) rows to the seed's wide ``/live`` shape."""
+def pivot_wide(long: pd.DataFrame, volume_suffix: str = "volume") -> pd.DataFrame:
+    """Long (time, symbol, price, volume) rows to the seed's wide ``/live`` shape:
+    ``time``, a price column per symbol, then ``<SYMBOL><volume_suffix>`` columns."""
     if long.empty:
         return pd.DataFrame({"time": pd.Series(dtype="datetime64[us]")})
     prices = long.pivot(index="time", columns="symbol", values="price")
     volumes = long.pivot(index="time", columns="symbol", values="volume")
-    volumes.columns = [f"{c}volume" for c in volumes.columns]
+    volumes.columns = [f"{c}{volume_suffix}" for c in volumes.columns]
     wide = pd.concat([prices, volumes], axis=1).reset_index()
     wide.columns.name = None
     return wide
 
 
-def candles(path: Path, symbol: str, interval_s: int, limit: int = 500) -> pd.DataFrame:
-    """OHLCV bars with VWAP for one symbol, computed in DuckDB."""
-    sql = """
+def candles(
+    path: Path,
+    symbol: str,
+    interval_s: int,
+    limit: int = 500,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """OHLCV bars with VWAP for one symbol, computed in DuckDB, from the ticks in
+    ``(since, until]`` (a bar cut by a bound covers its ticks inside only)."""
+    where, params = _time_range(since, until)
+    sql = f"""
         SELECT time_bucket(to_seconds(?), event_time) AS time,
                arg_min(price, event_time) AS open,
                max(price) AS high,
@@ -479,11 +543,71 @@ def candles(path: Path, symbol: str, interval_s: int, limit: int = 500) -> pd.Da
                sum(volume) AS volume,
                sum(price * volume) / nullif(sum(volume), 0) AS vwap,
                count(*) AS ticks
-        FROM market_ticks WHERE symbol = ?
+        FROM market_ticks WHERE symbol = ?{where}
         GROUP BY 1 ORDER BY 1 DESC LIMIT ?
     """
-    frame = _frame(path, sql, [interval_s, symbol, limit])
+    frame = _frame(path, sql, [interval_s, symbol, *params, limit])
     return frame.sort_values("time").reset_index(drop=True)
+
+
+# --------------------------------------------------------------- the original kit's shapes
+
+#: ``/v0/metrics``: the original kit's per-symbol statistics, its names and its rounding
+#: (prices to 2 decimals), so dashboards saved against that kit read them unchanged.
+_V0_METRICS_SQL = """
+    SELECT symbol,
+           count(*)               AS tick_count,
+           round(avg(price), 2)   AS avg_price,
+           round(max(price), 2)   AS max_price,
+           round(min(price), 2)   AS min_price
+    FROM market_ticks GROUP BY symbol ORDER BY symbol
+"""
+
+#: Seconds in which every symbol of the store ticked (``/v0/live``, which puts the newest first).
+_V0_LIVE_SQL = """
+    WITH per_second AS (
+        SELECT date_trunc('second', event_time) AS time, symbol,
+               arg_max(price, event_time) AS price, sum(volume) AS volume
+        FROM market_ticks
+        WHERE event_time >= coalesce(?::TIMESTAMP, TIMESTAMP '1970-01-01')
+        GROUP BY ALL
+    ),
+    complete AS (
+        SELECT time FROM per_second GROUP BY time HAVING count(*) = ?
+        ORDER BY time DESC LIMIT ?
+    )
+    SELECT p.* FROM per_second p JOIN complete USING (time) ORDER BY time, symbol
+"""
+
+
+def metrics_v0(path: Path) -> pd.DataFrame:
+    """Per symbol ``tick_count``, ``avg_price``, ``max_price``, ``min_price`` (2 decimals)."""
+    return _frame(path, _V0_METRICS_SQL)
+
+
+def live_v0(path: Path, limit: int = 50) -> pd.DataFrame:
+    """The original kit's ``/live``: the newest ``limit`` seconds in which every symbol of
+    the store ticked, newest first, as ``time``, ``<SYMBOL>`` and ``<SYMBOL>_volume``.
+
+    The original grouped by exact timestamp, which only ever matched because its
+    generator stamped all symbols alike; live mode stamps each tick when it is made,
+    so a second is the grain here, as for :func:`live_wide`. The newest
+    ``2 * limit`` seconds are read first (a live stream fills them), the whole
+    table only if they hold fewer complete seconds.
+    """
+    with read_connection(path) as con:
+        row = con.execute(
+            "SELECT max(event_time), count(DISTINCT symbol) FROM market_ticks"
+        ).fetchall()[0]
+        newest, symbols = row
+        if newest is None:
+            return pivot_wide(pd.DataFrame(), "_volume")
+        start: datetime | None = newest.replace(microsecond=0) - timedelta(seconds=2 * limit)
+        long = con.execute(_V0_LIVE_SQL, [start, symbols, limit]).df()
+        if long["time"].nunique() < limit:
+            long = con.execute(_V0_LIVE_SQL, [None, symbols, limit]).df()
+    wide = pivot_wide(long, "_volume")
+    return wide.iloc[::-1].reset_index(drop=True)
 
 
 def symbols_present(path: Path) -> list[str]:

@@ -143,6 +143,83 @@ def test_live_since_is_exclusive(client, since, first):
     ]
 
 
+def test_live_until_is_inclusive_and_bounds_the_newest_kept(client):
+    """A range in the past: the newest `limit` seconds up to `until`, not up to now."""
+    ms = int((DEFAULT_START + timedelta(seconds=30)).timestamp() * 1000)
+    rows = get_json(client, f"/live?limit=5&until={ms}")
+    assert [r["time"] for r in rows] == [
+        iso(DEFAULT_START + timedelta(seconds=s)) for s in range(26, 31)
+    ]
+    rows = get_json(client, "/live?since=2025-01-06T14:30:10Z&until=2025-01-06T14:30:20Z")
+    assert [r["time"] for r in rows] == [
+        iso(DEFAULT_START + timedelta(seconds=s)) for s in range(11, 21)
+    ]
+    assert get_json(client, "/live?since=2025-01-06T14:30:10Z&until=2025-01-06T14:30:10Z") == []
+
+
+def test_candles_metrics_and_runs_take_the_range(client, market_ticks):
+    since, until = "2025-01-06T14:30:09Z", "2025-01-06T14:30:29Z"  # seconds 10 to 29
+    bars = get_json(client, f"/candles?symbol=SP500&interval=10s&since={since}&until={until}")
+    assert [(b["time"], b["ticks"]) for b in bars] == [
+        (iso(DEFAULT_START + timedelta(seconds=10)), 10),
+        (iso(DEFAULT_START + timedelta(seconds=20)), 10),
+    ]
+    inside = [t for t in market_ticks if 10 <= (t.timestamp - DEFAULT_START).total_seconds() < 30]
+    for row in get_json(client, f"/metrics?since={since}&until={until}"):
+        mine = [t for t in inside if t.symbol == row["symbol"]]
+        assert row["tickcount"] == 20
+        assert row["totalvolume"] == sum(t.volume for t in mine)
+        assert row["maxprice"] == max(t.price for t in mine)
+        assert row["time"] == iso(DEFAULT_START + timedelta(seconds=29))
+    everything = get_json(client, "/metrics?since=2025-01-01T00:00:00Z")
+    assert everything == get_json(client, "/metrics")  # the range's answer is the view's
+    assert get_json(client, "/metrics?until=2025-01-01T00:00:00Z") == []
+    # run-1 ran 15:00:00 to 15:00:02
+    assert [r["run_id"] for r in get_json(client, "/runs?since=2025-01-06T15:00:01Z")["runs"]] == [
+        "run-1"
+    ]
+    assert get_json(client, "/runs?since=2025-01-06T15:00:02Z")["runs"] == []
+    assert get_json(client, "/runs?until=2025-01-06T14:59:59Z")["runs"] == []
+    assert get_json(client, "/runs?until=2025-01-06T14:59:59Z")["health"]["ticks"] == N * 3
+
+
+@pytest.mark.parametrize("path", ["/live", "/metrics", "/candles?symbol=SP500", "/runs"])
+def test_a_range_that_ends_before_it_starts_is_a_400(client, path):
+    joiner = "&" if "?" in path else "?"
+    body = get_json(client, f"{path}{joiner}since=2025-01-06T14:31:00Z&until=1736173800000", 400)
+    assert body["parameter"] == "until"
+
+
+def test_the_original_kit_s_shape_at_v0_and_at_its_own_paths(db, tmp_path, market_ticks):
+    from werkzeug.test import Client
+
+    from marketstream_api.app import OriginalPaths
+
+    app = app_for(db, tmp_path)
+    rows = get_json(app.test_client(), "/v0/live")
+    assert len(rows) == N  # fewer complete seconds than the original's 50 rows: all of them
+    assert rows[0]["time"] == iso(DEFAULT_START + timedelta(seconds=N - 1))  # newest first
+    assert set(rows[0]) == {"time", *SYMBOLS, *(f"{s}_volume" for s in SYMBOLS)}
+    assert [r["time"] for r in get_json(app.test_client(), "/v0/live?limit=2")] == [
+        iso(DEFAULT_START + timedelta(seconds=s)) for s in (N - 1, N - 2)
+    ]
+    metrics = get_json(app.test_client(), "/v0/metrics")
+    sp500 = next(m for m in metrics if m["symbol"] == "SP500")
+    prices = [t.price for t in market_ticks if t.symbol == "SP500"]
+    assert sp500["tick_count"] == N
+    assert sp500["avg_price"] == round(sum(prices) / N, 2)
+    assert sp500["max_price"] == round(max(prices), 2)
+    stamped = datetime.fromisoformat(sp500["time"])
+    assert abs((datetime.now(UTC) - stamped).total_seconds()) < 60  # the answer's time
+
+    original = Client(OriginalPaths(app))
+    assert get_json(original, "/live") == get_json(app.test_client(), "/v0/live")
+    assert [m["symbol"] for m in get_json(original, "/metrics")] == sorted(SYMBOLS)
+    kit = app.test_client()
+    assert get_json(original, "/candles?symbol=SP500") == get_json(kit, "/candles?symbol=SP500")
+    assert get_json(original, "/runs")["health"]["ticks"] == N * 3  # other paths: the kit's
+
+
 def test_live_columns_follow_the_symbols_present(tmp_path):
     ticks = generate_ticks(["AAA", "BBB"], 4, seed=1)
     ticks = [t for t in ticks if not (t.symbol == "BBB" and t.timestamp == ticks[-1].timestamp)]

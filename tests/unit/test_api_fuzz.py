@@ -189,7 +189,7 @@ def valid_values(param: dict[str, Any]) -> st.SearchStrategy[str]:
         options.append(st.integers(schema["minimum"], schema["maximum"]).map(str))
     if "pattern" in schema:
         options.append(st.from_regex(schema["pattern"], fullmatch=True))
-    if param["name"] == "since":
+    if param["name"] in {"since", "until"}:
         instants = st.datetimes(
             min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
         )
@@ -375,10 +375,15 @@ def test_undeclared_paths_and_methods_are_json_errors(real_db, tmp_path):
     [
         ("/live", "limit"),
         ("/live", "since"),
+        ("/live", "until"),
         ("/candles", "symbol"),
         ("/candles", "interval"),
         ("/candles", "limit"),
+        ("/candles", "since"),
+        ("/metrics", "until"),
         ("/runs", "limit"),
+        ("/runs", "since"),
+        ("/v0/live", "limit"),
     ],
 )
 def test_sql_injection_is_rejected_or_harmless(path, parameter, real_db, tmp_path) -> None:

@@ -31,11 +31,11 @@ START_S = 60
 REQUEST_TIMEOUT_S = 30
 
 
-def _start_server(db: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def _start_server(db: Path, tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     """``python -m marketstream_api.serve`` on a free port; returns the process and its URL."""
     env = {**os.environ, "MARKET_LOG_PATH": str(tmp_path / "serve.log")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "marketstream_api.serve", "--port", "0", "--db", str(db)],
+        [sys.executable, "-m", "marketstream_api.serve", "--port", "0", "--db", str(db), *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -100,6 +100,32 @@ def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
 
         status, rows = _fetch(f"{base}/metrics")
         assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 110)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=START_S)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert returncode == 0
+
+
+def test_original_paths_serve_the_original_kit_s_shape_at_its_own_paths(tmp_path):
+    """``serve --original-paths``: what a dashboard saved against the original kit asks
+    (``/live``, ``/metrics``, no parameters) gets the original's fields; the rest of the
+    API is unchanged."""
+    path = write_store(
+        tmp_path / "orig.duckdb",
+        tick_table(generate_ticks(SYMBOLS, 10), topic="market_ticks", received_at=RECEIVED),
+    )
+    proc, base = _start_server(path, tmp_path, "--original-paths")
+    try:
+        status, rows = _fetch(f"{base}/live")
+        assert status == 200 and len(rows) == 10
+        assert set(rows[0]) == {"time", *SYMBOLS, *(f"{s}_volume" for s in SYMBOLS)}
+        assert rows[0]["time"] > rows[-1]["time"]  # newest first, as the original
+        status, rows = _fetch(f"{base}/metrics")
+        assert {r["symbol"]: r["tick_count"] for r in rows} == dict.fromkeys(SYMBOLS, 10)
+        status, body = _fetch(f"{base}/runs")
+        assert status == 200 and body["health"]["ticks"] == 30
     finally:
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=START_S)

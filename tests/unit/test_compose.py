@@ -199,6 +199,26 @@ def test_grafana_is_provisioned_read_only_with_anonymous_viewers(services):
         assert (ROOT / "grafana" / "dashboards" / relative).is_file()
 
 
+INFINITY = "yesoreyeram-infinity-datasource"
+#: ``GF_PLUGINS_PREINSTALL_SYNC`` entries are ``id`` or ``id@version``; pinned means x.y.z.
+PINNED_PLUGIN = re.compile(rf"^{re.escape(INFINITY)}@(\d+\.\d+\.\d+)$")
+
+
+def test_the_infinity_plugin_is_pinned_to_a_version(services):
+    """The image is pinned, so the plugin must be too: an unpinned id installs whatever
+    the catalogue has that day. No other variable installs it again unpinned, and the
+    README's install command for Grafana outside Docker names the same version."""
+    env = _env(services["grafana"])
+    entries = [e.strip() for e in env["GF_PLUGINS_PREINSTALL_SYNC"].split(",")]
+    [infinity] = [e for e in entries if e.split("@")[0] == INFINITY]
+    match = PINNED_PLUGIN.fullmatch(infinity)
+    assert match, f"{infinity!r} is not pinned as {INFINITY}@x.y.z"
+    for other in ("GF_INSTALL_PLUGINS", "GF_PLUGINS_PREINSTALL"):
+        assert INFINITY not in env.get(other, ""), other
+    readme = (ROOT / "grafana" / "README.md").read_text()
+    assert f"plugins install {INFINITY} {match.group(1)}" in readme
+
+
 def test_every_variable_the_provisioning_files_use_is_set_for_grafana(services):
     env = _env(services["grafana"])
     used = set()

@@ -153,20 +153,28 @@ def test_reader_waits_for_a_writer_in_another_process(db):
 
 
 @pytest.mark.parametrize(
-    ("gaps", "limit", "since_index"),
+    ("gaps", "limit", "since_index", "until_index"),
     [
-        ((), 20, None),  # dense: the window holds every second asked for
-        ((), 500, None),  # fewer seconds stored than asked
-        ((5, 17, 100), 30, None),  # gaps inside the window: older seconds must fill it
-        ((5, 17, 100), 30, 60),  # ... but never from before `since`
-        ((3,), 1, 10),
-        ((110,), 30, None),  # a stream started after a long pause: one step down
-        (tuple(range(5, 115, 5)), 100, None),  # many gaps: the steps run out, group all
+        ((), 20, None, None),  # dense: the window holds every second asked for
+        ((), 500, None, None),  # fewer seconds stored than asked
+        ((5, 17, 100), 30, None, None),  # gaps inside the window: older seconds must fill it
+        ((5, 17, 100), 30, 60, None),  # ... but never from before `since`
+        ((3,), 1, 10, None),
+        ((110,), 30, None, None),  # a stream started after a long pause: one step down
+        (tuple(range(5, 115, 5)), 100, None, None),  # many gaps: the steps run out, group all
+        ((), 20, None, 70),  # a range in the past: the window ends at `until`
+        ((), 20, 40, 70),  # `since` and `until`: at most what lies between
+        ((), 500, 40, 70),
+        ((5, 17, 100), 30, 10, 90),  # gaps before `until`
+        ((110,), 30, None, 109),  # `until` just before a long pause
+        ((), 20, 70, 70),  # an empty range
     ],
 )
-def test_live_wide_window_matches_grouping_the_whole_table(tmp_path, gaps, limit, since_index):
+def test_live_wide_window_matches_grouping_the_whole_table(
+    tmp_path, gaps, limit, since_index, until_index
+):
     """The fast path (read the last `limit` seconds first) returns exactly what grouping
-    every tick would: the newest `limit` seconds that have ticks, after `since`."""
+    every tick would: the newest `limit` seconds that have ticks in (`since`, `until`]."""
     from datetime import timedelta
 
     ticks = generate_ticks(SYMBOLS, 120)
@@ -178,14 +186,19 @@ def test_live_wide_window_matches_grouping_the_whole_table(tmp_path, gaps, limit
     path = tmp_path / "w.duckdb"
     with TickWriter(path) as writer:
         writer.write_batch(batch_for(shifted).ticks)
-    since = None
-    if since_index is not None:
-        since = sorted({t.timestamp for t in shifted})[since_index].replace(tzinfo=None)
+    stamps = sorted({t.timestamp.replace(tzinfo=None) for t in shifted})
+    since = None if since_index is None else stamps[since_index]
+    until = None if until_index is None else stamps[until_index]
     with store.read_connection(path) as con:
-        whole = store.pivot_wide(con.execute(store._LIVE_SQL, [since, None, limit]).df())
-    got = store.live_wide(path, limit=limit, since=since)
-    assert len(got) == min(limit, len(whole)) and len(got) > 0
+        whole = store.pivot_wide(con.execute(store._LIVE_SQL, [since, until, None, limit]).df())
+    got = store.live_wide(path, limit=limit, since=since, until=until)
     assert got.equals(whole)
+    inside = [s for s in stamps if (since is None or s > since) and (until is None or s <= until)]
+    assert len(got) == min(limit, len(inside))
+    if inside:
+        assert got["time"].iloc[-1] == inside[-1]  # the newest second in the range is there
+    else:
+        assert got.empty
 
 
 def test_ingest_rate_counts_ticks_stored_in_the_last_window(tmp_path):
