@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from marketstream.live import MAX_BACKLOG_S, tick_schedule
+from marketstream.live import tick_schedule
+from marketstream.pacing import MAX_BACKLOG_S
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
 
