@@ -86,20 +86,21 @@ FLAGS = {
     "db_path": "--db",
     "csv_path": "--csv",
     "live_rate": "--rate",
-    "api_host": "--host",
-    "api_port": "--port",
     "idle_timeout_s": "--idle-timeout",
     "api_cache_s": "--api-cache",
     "api_stale_s": "--api-stale",
 }
+#: ... and per verb: ``api --port`` is the API's, ``live --api-port`` (live has two servers).
+VERB_FLAGS = {"api": {"api_host": "--host", "api_port": "--port"}}
 
 _BY_NAME = {option.name: option for option in OPTIONS}
 _DEFAULTS = Settings()
 
 
-def flag(name: str) -> str:
-    """The command-line flag of a setting."""
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
+def flag(name: str, verb: str = "") -> str:
+    """The command-line flag of a setting (in ``verb``)."""
+    special = VERB_FLAGS.get(verb, {}).get(name) or FLAGS.get(name)
+    return special or "--" + name.replace("_", "-")
 
 
 def option_help(option: Option) -> str:
@@ -108,7 +109,7 @@ def option_help(option: Option) -> str:
     return text.replace("%", "%%")
 
 
-def add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+def add_settings(parser: argparse.ArgumentParser, verb: str, names: Sequence[str]) -> None:
     """One option per setting, under "settings"; ``_settings`` reads them back by name."""
     group = parser.add_argument_group(
         "settings",
@@ -119,7 +120,7 @@ def add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
         option = _BY_NAME[name]
         kind = type(getattr(_DEFAULTS, name))
         group.add_argument(
-            flag(name),
+            flag(name, verb),
             dest=f"setting_{name}",
             metavar=name.upper().removesuffix("_PATH"),
             type=kind if kind in (int, float) else str,
@@ -353,6 +354,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from marketstream.bench import run_bench
 
+    require_extra("granian", "api", "the benchmark's API phase")
     settings = _settings(args)
     return run_bench(settings, n_ticks=args.n, output=args.output, progress=not args.quiet)
 
@@ -406,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, summary: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
-        add_settings(p, VERB_SETTINGS[name])
+        add_settings(p, name, VERB_SETTINGS[name])
         p.set_defaults(func=func)
         return p
 
@@ -447,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("live", "stream continuously; serve the API and the Voila page", cmd_live)
     p.add_argument("--no-api", action="store_true", help="do not start the API")
     p.add_argument("--no-voila", action="store_true", help="do not start the Voila page")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: at Ctrl-C)"
+    )
     _pacing(p, retime=False)
 
     p = verb("api", "serve the API (JSON for Grafana) until Ctrl-C", cmd_api)

@@ -30,7 +30,8 @@ it into its environment. The real environment wins over ``.env``, key by key
 (a variable set, even empty, is never replaced), and options and notebook
 parameters win over both: ``.env`` holds the usual values, an ``export`` or an
 option the exception of the moment. The file is read, never executed (python-
-dotenv's parser, ~0.1 ms for the example file here); a missing one is no error.
+dotenv's parser: 0.57 ms for ``.env.example`` here, 0.01 ms to find none, where
+``from_env`` itself takes 0.12 ms); a missing one is no error.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def test_every_setting_option_says_its_default_and_variable(verbs):
         by_flag = {s: a for a in parser._actions for s in a.option_strings}
         for setting in cli.VERB_SETTINGS[name]:
             option = BY_NAME[setting]
-            text = by_flag[cli.flag(setting)].help % {}
+            text = by_flag[cli.flag(setting, name)].help % {}
             assert option.help in text and f"env {option.env}" in text and "default: " in text
 
 
@@ -80,6 +80,11 @@ def test_version(capsys):
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"marketstream {__version__}"
+
+
+def test_live_names_its_two_ports_apart(verbs):
+    assert {"--api-port", "--voila-port"} <= flags(verbs["live"])
+    assert "--port" not in flags(verbs["live"]) and "--port" in flags(verbs["api"])
 
 
 def test_the_api_verb_serves_with_the_api_settings():
