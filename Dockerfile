@@ -1,6 +1,10 @@
 # The marketstream Python image: the live pipeline, the API and the Voila page all run from it
 # (docker-compose.yml picks the command). Kafka itself runs from the apache/kafka image.
+# EXTRAS picks the optional parts: the default serves all three; an image for the API alone is
+#   docker build --build-arg EXTRAS=api -t marketstream-api .
+# (JupyterLab, the `lab` extra, is never in the image: only `make lab` uses it.)
 FROM python:3.11-slim
+ARG EXTRAS=api,voila
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,7 +19,7 @@ WORKDIR /app
 
 # The project (see .dockerignore for what stays out), installed with its pinned dependencies.
 COPY . /app
-RUN pip install /app \
+RUN pip install "/app[${EXTRAS}]" \
     && useradd --create-home --uid 1000 app \
     && mkdir -p /data/logs /data/output \
     && chown -R app:app /data /app

@@ -1,73 +1,86 @@
 # Everyday commands. Each target sets up what it needs on a fresh clone.
+# `make help` lists them: the text after `##` on a target's line (tests/unit/test_makefile.py
+# checks that every .PHONY target has one).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 N      ?= 1000000
+# Everything the targets need: the API and the Voila page (make live), JupyterLab (make lab),
+# the test tools (make test). `pip install .` alone is what make demo needs.
+EXTRAS ?= dev,api,voila,lab
+
+# Relative paths (data/, logs/, output/, .cache/kafka) and .env are taken from here, whatever
+# folder a command or a notebook kernel runs in (see README: Configuration).
+export MARKETSTREAM_HOME ?= $(CURDIR)
 
 .PHONY: help setup demo test lint format live bench soak lab broker-up broker-down broker-status \
-        cluster cluster-down clean
+        cluster cluster-down clean distclean
 
-help:
-	@echo "make demo     run the papermill pipeline (notebooks 01-04) on a local Kafka"
-	@echo "make test     lint + all tests (unit, integration on a real broker, nbval, browser)"
-	@echo "make live     stream continuously; API on :8080, Voila on :8866 (Ctrl-C stops all)"
-	@echo "make bench    benchmark the whole path (N=$(N) ticks)"
-	@echo "make soak     N ticks through the real consumer process, its memory reported"
-	@echo "make lab      open the notebooks in JupyterLab"
-	@echo "make broker-up|broker-down|broker-status   the local Kafka broker"
-	@echo "make cluster  a local 3-node Kafka cluster (ports 9092-9094); make cluster-down stops it"
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / { printf "make %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed ## create .venv: the kit, the extras dev,api,voila,lab (EXTRAS=...)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-demo: setup
+demo: setup ## run the papermill pipeline (notebooks 01-04) on a local Kafka
 	$(BIN)/marketstream pipeline
 
-test: setup
+test: setup ## lint + all tests (unit, integration on a real broker, nbval, browser)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-lint: setup
+lint: setup ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: setup ## ruff format, then ruff check --fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-live: setup
+live: setup ## stream continuously; API on :8080, Voila on :8866 (Ctrl-C stops all)
 	$(BIN)/marketstream live
 
-bench: setup
+bench: setup ## benchmark the whole path (N=1000000 ticks; make bench N=200000 for less)
 	$(BIN)/marketstream bench -n $(N)
 
-soak: setup
+soak: setup ## N ticks through the real consumer process, its memory reported
 	$(BIN)/marketstream soak -n $(N)
 
-lab: setup
+lab: setup ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks/
 
-broker-up: setup
+broker-up: setup ## start the local Kafka broker
 	$(BIN)/marketstream broker up
 
-broker-down: setup
+broker-down: setup ## stop it (and a local cluster)
 	$(BIN)/marketstream broker down
 
-broker-status: setup
+broker-status: setup ## report the local broker or cluster
 	$(BIN)/marketstream broker status
 
-cluster: setup
+cluster: setup ## a local 3-node Kafka cluster (ports 9092-9094)
 	$(BIN)/marketstream broker up --nodes 3
 
-cluster-down: setup
+cluster-down: setup ## stop the local cluster
 	$(BIN)/marketstream broker down
 
-clean:
-	-$(BIN)/marketstream broker down
-	rm -rf output data/*.duckdb data/*.duckdb.wal data/*.csv logs
+# What the kit made while running: stop a local broker, then delete its outputs.
+CLEAN := output logs data/*.duckdb data/*.duckdb.wal data/*.csv bench/latest.json \
+         bench/latest.html bench/profile* test-artifacts .pytest_cache
+# What it fetched or keeps between runs: the Kafka jars and the local brokers' data
+# (MARKETSTREAM_KAFKA_HOME's default), the wheel test's downloaded wheels.
+DISTCLEAN := .cache/kafka .cache/wheels
+
+clean: ## stop a local broker; delete data/, logs/, output/, bench results, test artifacts
+	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream broker down; fi
+	rm -rf $(CLEAN)
+
+distclean: clean ## also delete the Kafka jars, the local brokers' data and cached wheels
+	@echo "deleting $(DISTCLEAN) (the Kafka jars are fetched again on the next run, ~45 MB)"
+	rm -rf $(DISTCLEAN)

@@ -1,8 +1,9 @@
 """Run the API under granian, a production WSGI server (Flask's own server is for debugging).
 
-``python -m marketstream_api.serve`` reads the same environment variables as
-the rest of the kit (``MARKET_API_HOST``, ``MARKET_API_PORT``,
-``MARKET_DB_PATH``...); flags override them for one run.
+``marketstream api`` (or ``python -m marketstream_api.serve``, which live mode
+starts) reads the same environment variables as the rest of the kit
+(``MARKET_API_HOST``, ``MARKET_API_PORT``, ``MARKET_DB_PATH``...); flags
+override them for one run.
 
 Why granian: its HTTP layer is Rust, so a worker spends its Python time on the
 app only. Measured here with wrk, 100 connections on cached answers: waitress
@@ -109,6 +110,32 @@ def serve(
     server.serve()
 
 
+def run(
+    settings: Settings,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    threads: int = DEFAULT_THREADS,
+    target: str = WSGI_APP,
+) -> int:
+    """Serve until Ctrl-C or SIGTERM; the exit status (1 with one line if the port is taken).
+
+    The one body of ``marketstream api`` and ``python -m marketstream_api.serve``.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # until granian takes over
+    try:
+        serve(settings, workers=workers, threads=threads, target=target)
+    except OSError as exc:  # typically the port is taken
+        where = join_host_port(settings.api_host, settings.api_port)
+        print(
+            f"error: cannot listen on {where}: {exc.strerror}; set MARKET_API_PORT or pass --port",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m marketstream_api.serve", description="Serve the marketstream API."
@@ -129,20 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # until granian takes over
-    try:
-        target = WSGI_ORIGINAL_PATHS_APP if args.original_paths else WSGI_APP
-        serve(settings, workers=args.workers, threads=args.threads, target=target)
-    except OSError as exc:  # typically the port is taken
-        where = join_host_port(settings.api_host, settings.api_port)
-        print(
-            f"error: cannot listen on {where}: {exc.strerror}; set MARKET_API_PORT or pass --port",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    target = WSGI_ORIGINAL_PATHS_APP if args.original_paths else WSGI_APP
+    return run(settings, workers=args.workers, threads=args.threads, target=target)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,180 @@
-"""The ``marketstream`` command: broker, generate, produce, consume, pipeline, live, bench, soak.
+"""The ``marketstream`` command: broker, generate, produce, consume, pipeline, live, api, bench,
+soak.
 
 Expected failures (no broker, no Java, a bad setting, a missing file) print
-one line saying what went wrong and what to do, and exit non-zero; only a
-real bug shows a traceback.
+one line saying what went wrong and what to do, and exit 2; only a real bug
+shows a traceback.
+
+Why the options come from the settings table (:data:`VERB_SETTINGS`,
+:data:`marketstream.settings.OPTIONS`): one parent parser of seven options
+gave every verb all of them, so ``broker --help`` offered ``--csv`` and
+``--seed``, which it ignored, and each help line retyped (or forgot) its
+variable. Now a verb names the settings it reads; each option's flag, help,
+default and environment variable are derived from the table, and its value
+goes through :meth:`Settings.from_env` like any other override.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from marketstream.errors import BrokerError, MarketstreamError
-from marketstream.settings import Settings
+from marketstream import __version__
+from marketstream.errors import (
+    BrokerError,
+    ConfirmationRefused,
+    MarketstreamError,
+    MissingExtra,
+    ReplayError,
+)
+from marketstream.settings import OPTIONS, Option, Settings, default_text
+
+if TYPE_CHECKING:
+    from marketstream.pacing import Pace
+
+#: The settings each verb takes as options; every other one comes from the environment
+#: (or .env) only. Secrets are never options: a command line is visible in ``ps``.
+VERB_SETTINGS: dict[str, tuple[str, ...]] = {
+    "broker": ("bootstrap_servers", "kafka_home", "kafka_version"),
+    "generate": ("csv_path", "symbols", "ticks_per_symbol", "seed"),
+    "produce": ("bootstrap_servers", "topic", "csv_path", "partitions", "compression"),
+    "consume": (
+        "bootstrap_servers",
+        "topic",
+        "consumer_group",
+        "db_path",
+        "batch_size",
+        "idle_timeout_s",
+        "isolation_level",
+    ),
+    "pipeline": (
+        "bootstrap_servers",
+        "topic",
+        "consumer_group",
+        "db_path",
+        "csv_path",
+        "output_dir",
+        "symbols",
+        "ticks_per_symbol",
+        "seed",
+    ),
+    "live": (
+        "bootstrap_servers",
+        "topic",
+        "consumer_group",
+        "db_path",
+        "csv_path",
+        "symbols",
+        "live_rate",
+        "api_port",
+        "voila_port",
+    ),
+    "api": ("api_host", "api_port", "db_path", "api_cache_s", "api_stale_s"),
+    "bench": ("bootstrap_servers", "symbols", "seed"),
+    "soak": ("bootstrap_servers", "batch_size"),
+}
+
+#: Flags that are not the field's name with dashes (kept from before, or shorter).
+FLAGS = {
+    "db_path": "--db",
+    "csv_path": "--csv",
+    "live_rate": "--rate",
+    "idle_timeout_s": "--idle-timeout",
+    "api_cache_s": "--api-cache",
+    "api_stale_s": "--api-stale",
+}
+#: ... and per verb: ``api --port`` is the API's, ``live --api-port`` (live has two servers).
+VERB_FLAGS = {"api": {"api_host": "--host", "api_port": "--port"}}
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+_DEFAULTS = Settings()
+
+
+def flag(name: str, verb: str = "") -> str:
+    """The command-line flag of a setting (in ``verb``)."""
+    special = VERB_FLAGS.get(verb, {}).get(name) or FLAGS.get(name)
+    return special or "--" + name.replace("_", "-")
+
+
+def option_help(option: Option) -> str:
+    """A setting's help line: what it is, its default, its variable (escaped for argparse)."""
+    text = f"{option.help} (default: {default_text(option)}; env {option.env})"
+    return text.replace("%", "%%")
+
+
+def add_settings(parser: argparse.ArgumentParser, verb: str, names: Sequence[str]) -> None:
+    """One option per setting, under "settings"; ``_settings`` reads them back by name."""
+    group = parser.add_argument_group(
+        "settings",
+        "each is also an environment variable or a line of .env (in $MARKETSTREAM_HOME, else "
+        "the current directory); an option wins",
+    )
+    for name in names:
+        option = _BY_NAME[name]
+        kind = type(getattr(_DEFAULTS, name))
+        group.add_argument(
+            flag(name, verb),
+            dest=f"setting_{name}",
+            metavar=name.upper().removesuffix("_PATH"),
+            type=kind if kind in (int, float) else str,
+            help=option_help(option),
+        )
+    parser.set_defaults(setting_names=tuple(names))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "bootstrap_servers": getattr(args, "bootstrap_servers", None),
-        "topic": getattr(args, "topic", None),
-        "db_path": getattr(args, "db", None),
-        "csv_path": getattr(args, "csv", None),
-        "symbols": getattr(args, "symbols", None),
-        "ticks_per_symbol": getattr(args, "ticks_per_symbol", None),
-        "seed": getattr(args, "seed", None),
-    }
-    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    overrides = {name: getattr(args, f"setting_{name}") for name in args.setting_names}
+    return Settings.from_env(**overrides)
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Raise :class:`MissingExtra` if ``module`` (of the ``extra``) is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(
+            f"{what} needs the {extra!r} extra ({module} is not installed): "
+            f"pip install 'marketstream[{extra}]'"
+        )
+
+
+def _is_local(host: str) -> bool:
+    from marketstream.processes import is_local_address
+
+    return is_local_address(host)
+
+
+def confirm_fresh(
+    settings: Settings,
+    *,
+    yes: bool,
+    interactive: bool,
+    ask: Callable[[str], str] = input,
+    is_local: Callable[[str], bool] = _is_local,
+) -> None:
+    """Let ``--fresh`` delete the topic only where that is safe or confirmed.
+
+    A topic on this machine's broker is the kit's own; on any other cluster
+    others may read it, so deleting it takes ``--yes`` or, at a terminal, a "y".
+    Raises :class:`ConfirmationRefused` (one line, exit 2) otherwise.
+    """
+    hosts = [host for host, _ in settings.bootstrap_endpoints]
+    if yes or all(is_local(host) for host in hosts):
+        return
+    what = (
+        f"--fresh deletes topic {settings.topic} on {settings.bootstrap_servers}, a cluster "
+        "that is not this machine's (others may use it)"
+    )
+    if not interactive:
+        raise ConfirmationRefused(f"{what}; pass --yes to delete it")
+    answer = ask(f"{what}, and {settings.db_path}. Delete them? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise ConfirmationRefused(f"{what}: not confirmed, nothing deleted")
 
 
 def _stop_event() -> threading.Event:
@@ -107,13 +252,33 @@ def _require_kafka(settings: Settings) -> None:
     DEFAULT_CLIENTS.check(settings)
 
 
+def _pace(args: argparse.Namespace) -> Pace | None:
+    """The replay's pace from ``--pace``/``--speed``/``--retime``; None without ``--pace``."""
+    from marketstream.pacing import Pace
+
+    if not args.pace:
+        if args.speed is not None or getattr(args, "retime", False):
+            raise ReplayError("--speed and --retime pace a replay: add --pace")
+        return None
+    return Pace(
+        speed=1.0 if args.speed is None else args.speed, retime=getattr(args, "retime", False)
+    )
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from marketstream.produce import produce_csv, require_csv
 
     settings = _settings(args)
+    pace = _pace(args)
     require_csv(settings.csv_path)  # local problems first: they need no broker
     _require_kafka(settings)
-    summary = produce_csv(settings.csv_path, settings, progress=not args.quiet)
+    summary = produce_csv(
+        settings.csv_path,
+        settings,
+        progress=not args.quiet,
+        pace=pace,
+        wait=_stop_event().wait if pace else None,
+    )
     print(summary.describe())
     for problem in summary.problems:
         print(f"  {problem}", file=sys.stderr)
@@ -128,7 +293,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
     run = consume(
         settings,
         max_messages=args.max_messages,
-        idle_timeout_s=args.idle_timeout,
         stop=_stop_event(),
         progress=not args.quiet,
     )
@@ -144,6 +308,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from marketstream.pipeline import run_pipeline
 
     settings = _settings(args)
+    if args.fresh:
+        confirm_fresh(settings, yes=args.yes, interactive=sys.stdin.isatty())
     summary = run_pipeline(
         settings, fresh=args.fresh, keep_broker=args.keep_broker, progress=not args.quiet
     )
@@ -157,20 +323,39 @@ def cmd_live(args: argparse.Namespace) -> int:
     from marketstream.live import run_live
 
     settings = _settings(args)
-    if args.rate is not None:
-        settings = settings.with_(live_rate=args.rate)
+    replay = _pace(args)
+    if not args.no_api:
+        require_extra("granian", "api", "live mode's API (or pass --no-api)")
+        require_extra("flask", "api", "live mode's API (or pass --no-api)")
+    if not args.no_voila:
+        require_extra("voila", "voila", "live mode's Voila page (or pass --no-voila)")
+    if replay is not None:
+        from marketstream.produce import require_csv
+
+        require_csv(settings.csv_path)
     return run_live(
         settings,
         api=not args.no_api,
         voila=not args.no_voila,
         duration_s=args.duration,
         stop=_stop_event(),
+        replay=replay,
     )
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    require_extra("granian", "api", "marketstream api")
+    require_extra("flask", "api", "marketstream api")
+    from marketstream_api.serve import WSGI_APP, WSGI_ORIGINAL_PATHS_APP, run
+
+    target = WSGI_ORIGINAL_PATHS_APP if args.original_paths else WSGI_APP
+    return run(_settings(args), workers=args.workers, threads=args.threads, target=target)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from marketstream.bench import run_bench
 
+    require_extra("granian", "api", "the benchmark's API phase")
     settings = _settings(args)
     return run_bench(settings, n_ticks=args.n, output=args.output, progress=not args.quiet)
 
@@ -179,8 +364,6 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from marketstream.bench.soak import run_soak
 
     settings = _settings(args)
-    if args.batch_size is not None:
-        settings = settings.with_(batch_size=args.batch_size)
     report = run_soak(settings, args.n, keep=args.keep, progress=not args.quiet)
     print(report.describe())
     if args.json:
@@ -189,25 +372,48 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if report.rows == args.n else 1
 
 
+def _quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _pacing(parser: argparse.ArgumentParser, *, retime: bool) -> None:
+    group = parser.add_argument_group("paced replay", "the CSV at the speed of its event times")
+    group.add_argument(
+        "--pace",
+        action="store_true",
+        help="send each tick when it is due by its event time, instead of all at once",
+    )
+    group.add_argument(
+        "--speed", type=float, metavar="X", help="with --pace: X times faster (default: 1)"
+    )
+    if retime:
+        group.add_argument(
+            "--retime",
+            action="store_true",
+            help="with --pace: stamp each tick with the time it is sent (the live page and "
+            "the API show the last minutes before now)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """All verbs and their options (every option also has an environment variable)."""
+    """All verbs and their own options (each setting's option also has an environment variable)."""
     parser = argparse.ArgumentParser(
         prog="marketstream",
         description="Synthetic market ticks -> Kafka -> DuckDB. Settings come from the "
-        "environment (see README); options here override them.",
+        "environment and ./.env (see README: Configuration); options here override them.",
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bootstrap-servers", help="Kafka host:port (KAFKA_BOOTSTRAP_SERVERS)")
-    common.add_argument("--topic", help="Kafka topic (KAFKA_TOPIC)")
-    common.add_argument("--db", help="DuckDB file (MARKET_DB_PATH)")
-    common.add_argument("--csv", help="tick CSV (MARKET_CSV_PATH)")
-    common.add_argument("--symbols", help="comma-separated symbols (MARKET_SYMBOLS)")
-    common.add_argument("--ticks-per-symbol", type=int, help="(MARKET_TICKS_PER_SYMBOL)")
-    common.add_argument("--seed", type=int, help="random seed (MARKET_SEED)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"marketstream {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("broker", parents=[common], help="start/stop/report the local Kafka")
+    def verb(
+        name: str, summary: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=summary)
+        add_settings(p, name, VERB_SETTINGS[name])
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("broker", "start/stop/report the local Kafka", cmd_broker)
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument(
         "--nodes",
@@ -216,46 +422,61 @@ def build_parser() -> argparse.ArgumentParser:
         "one (down and status find a running one without it)",
     )
     p.add_argument("--json", action="store_true", help="status: every node as JSON")
-    p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("generate", parents=[common], help="write synthetic ticks to CSV")
-    p.set_defaults(func=cmd_generate)
+    verb("generate", "write synthetic ticks to the CSV", cmd_generate)
 
-    p = sub.add_parser("produce", parents=[common], help="send the CSV to the topic")
-    p.set_defaults(func=cmd_produce)
+    p = verb(
+        "produce", "send the CSV (any timestamp,symbol,price,volume file) to the topic", cmd_produce
+    )
+    _pacing(p, retime=True)
+    _quiet(p)
 
-    p = sub.add_parser("consume", parents=[common], help="topic -> DuckDB until caught up")
-    p.add_argument("--max-messages", type=int)
-    p.add_argument("--idle-timeout", type=float, help="seconds without data before stopping")
-    p.set_defaults(func=cmd_consume)
+    p = verb("consume", "topic -> DuckDB until caught up", cmd_consume)
+    p.add_argument("--max-messages", type=int, help="stop after this many (default: no limit)")
+    _quiet(p)
 
-    p = sub.add_parser("pipeline", parents=[common], help="run notebooks 01-04 with papermill")
+    p = verb("pipeline", "run notebooks 01-04 with papermill", cmd_pipeline)
     p.add_argument("--fresh", action="store_true", help="delete the topic and DuckDB file first")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="with --fresh on a cluster that is not this machine's: delete without asking",
+    )
     p.add_argument(
         "--keep-broker", action="store_true", help="leave a broker this run started running"
     )
-    p.set_defaults(func=cmd_pipeline)
+    _quiet(p)
 
-    p = sub.add_parser("live", parents=[common], help="stream continuously; serve API + Voila")
-    p.add_argument("--rate", type=float, help="ticks/s per symbol (MARKET_LIVE_RATE)")
-    p.add_argument("--no-api", action="store_true")
-    p.add_argument("--no-voila", action="store_true")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.set_defaults(func=cmd_live)
-
-    p = sub.add_parser("bench", parents=[common], help="benchmark the whole path")
-    p.add_argument("-n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
-    p.add_argument("--output", default="bench/latest.json")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser(
-        "soak", parents=[common], help="N ticks through a consumer process; its memory reported"
+    p = verb("live", "stream continuously; serve the API and the Voila page", cmd_live)
+    p.add_argument("--no-api", action="store_true", help="do not start the API")
+    p.add_argument("--no-voila", action="store_true", help="do not start the Voila page")
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: at Ctrl-C)"
     )
-    p.add_argument("-n", type=int, default=1_000_000, help="ticks (default 1,000,000)")
-    p.add_argument("--batch-size", type=int, help="records per poll/transaction")
+    _pacing(p, retime=False)
+
+    p = verb("api", "serve the API (JSON for Grafana) until Ctrl-C", cmd_api)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker (default: 4)")
+    p.add_argument(
+        "--original-paths",
+        action="store_true",
+        help="answer /live and /metrics in the original kit's shape (as /v0/live, /v0/metrics) "
+        "for dashboards made for it (default: off)",
+    )
+
+    p = verb("bench", "benchmark the whole path", cmd_bench)
+    p.add_argument("-n", type=int, default=1_000_000, help="ticks (default: 1,000,000)")
+    p.add_argument(
+        "--output", default="bench/latest.json", help="results (default: bench/latest.json)"
+    )
+    _quiet(p)
+
+    p = verb("soak", "N ticks through a consumer process; its memory reported", cmd_soak)
+    p.add_argument("-n", type=int, default=1_000_000, help="ticks (default: 1,000,000)")
     p.add_argument("--keep", action="store_true", help="keep the topic and DuckDB file")
     p.add_argument("--json", type=Path, help="also write the report (all samples) here")
-    p.set_defaults(func=cmd_soak)
+    _quiet(p)
     return parser
 
 

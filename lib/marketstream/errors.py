@@ -52,3 +52,19 @@ class BenchError(MarketstreamError, RuntimeError):
 
 class SoakError(MarketstreamError, RuntimeError):
     """The soak run could not finish (a consumer died, the count never arrived)."""
+
+
+class ResourceMissing(MarketstreamError, FileNotFoundError):
+    """A file the package ships (a notebook) is not there: a broken install."""
+
+
+class ConfirmationRefused(MarketstreamError, RuntimeError):
+    """A destructive step was not confirmed (``--fresh`` on a shared cluster without ``--yes``)."""
+
+
+class ReplayError(MarketstreamError, ValueError):
+    """A paced replay cannot run as asked (a speed that is not positive, nothing to replay)."""
+
+
+class MissingExtra(MarketstreamError, ModuleNotFoundError):
+    """A command needs an optional part that is not installed (``marketstream[api]``...)."""

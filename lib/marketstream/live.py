@@ -22,25 +22,25 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from marketstream import resources
 from marketstream.addresses import connect_host, split_host_port
 from marketstream.broker import owned_broker
 from marketstream.clients import DEFAULT_CLIENTS
 from marketstream.logs import get_logger
+from marketstream.pacing import Pace, paced, schedule
 from marketstream.processes import Child, child_env, port_open, process_family, start_child
-from marketstream.settings import PROJECT_ROOT, Settings
+from marketstream.settings import Settings, home
 from marketstream.store import init_db
+from marketstream.ticks import CsvProblem, Tick
 
-#: The Voila page served by live mode.
-LIVE_NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_live.ipynb"
+#: The Voila page served by live mode (shipped in the package: :mod:`marketstream.resources`).
+LIVE_NOTEBOOK = resources.notebook("05_live")
 
-#: If the producer falls further behind its schedule than this (a suspended
-#: laptop, a stalled broker), it skips the missed ticks instead of bursting.
-MAX_BACKLOG_S = 1.0
 
 #: How often the terminal gets a one-line progress report.
 STATUS_EVERY_S = 10.0
@@ -53,7 +53,7 @@ STATUS_EVERY_S = 10.0
 #: page's kernel down (its unload request lacks an XSRF token), so without culling every
 #: closed tab keeps a kernel until the server stops (each ~140 MB: measured here, the RSS
 #: of a process holding what the page imports).
-VOILA_CONFIG = PROJECT_ROOT / "notebooks" / "voila.json"
+VOILA_CONFIG = resources.notebook_dir() / "voila.json"
 
 # --------------------------------------------------------------------------- producer
 
@@ -76,13 +76,10 @@ def tick_schedule(started: float, index: int, interval_s: float, now: float) -> 
 
     Ticks are due at ``started + index * interval_s`` on the monotonic clock,
     so sleep jitter never accumulates into drift. A backlog beyond
-    :data:`MAX_BACKLOG_S` moves the start forward: live data is about *now*.
+    :data:`~marketstream.pacing.MAX_BACKLOG_S` moves the start forward: live data is about *now*.
+    (The one schedule, shared with a paced replay: :func:`marketstream.pacing.schedule`.)
     """
-    due = started + index * interval_s
-    if now - due > MAX_BACKLOG_S:
-        started = now - index * interval_s
-        due = now
-    return due, started
+    return schedule(started, index * interval_s, now)
 
 
 def _unique_now(last: datetime | None) -> datetime:
@@ -144,6 +141,46 @@ def produce_live(
     return counters.produced - counters.failed
 
 
+def replay_live(
+    settings: Settings,
+    stop: threading.Event,
+    pace: Pace,
+    counters: LiveCounters | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Replay ``settings.csv_path`` at event-time speed (``pace``), stamped now, then stop.
+
+    The same producer as batch mode (:func:`marketstream.produce.produce_ticks`:
+    bad rows are named by line and skipped, the good ones go), fed by
+    :func:`marketstream.pacing.paced` with ``stop.wait`` as its sleeper, so
+    Ctrl-C ends it between two ticks. Every tick is retimed: the live page and
+    the API show the last minutes before now. Returns the ticks acknowledged.
+    """
+    from marketstream.produce import produce_ticks, require_csv
+    from marketstream.ticks import read_csv
+
+    counters = counters or LiveCounters()
+    require_csv(settings.csv_path)
+
+    def counted(items: Iterable[Tick | CsvProblem]) -> Iterator[Tick | CsvProblem]:
+        for item in items:
+            if isinstance(item, Tick):
+                counters.produced += 1
+            yield item
+
+    producer = DEFAULT_CLIENTS.producer(settings, linger_ms=5, max_block_ms=10_000)
+    retimed = replace(pace, retime=True)
+    items = counted(paced(read_csv(settings.csv_path), retimed, wait=stop.wait))
+    summary = produce_ticks(items, settings, progress=False, producer=producer)
+    producer.close(timeout=5)
+    counters.failed += summary.failed
+    counters.errors.extend(summary.problems[: max(0, 20 - len(counters.errors))])
+    say(f"replay of {settings.csv_path} done: {summary.describe()}")
+    for problem in summary.problems:
+        say(f"  {problem}")
+    return summary.sent
+
+
 # --------------------------------------------------------------------------- subprocesses
 
 
@@ -178,13 +215,13 @@ def start_servers(settings: Settings, *, api: bool, voila: bool) -> list[Child]:
         if api:
             url = f"http://{settings.api_host}:{settings.api_port}"
             children.append(
-                start_child("API", api_command(), env, logs / "api.log", url, cwd=PROJECT_ROOT)
+                start_child("API", api_command(), env, logs / "api.log", url, cwd=home())
             )
         if voila:
             url = f"http://127.0.0.1:{settings.voila_port}"
             children.append(
                 start_child(
-                    "Voila", voila_command(settings), env, logs / "voila.log", url, cwd=PROJECT_ROOT
+                    "Voila", voila_command(settings), env, logs / "voila.log", url, cwd=home()
                 )
             )
     except BaseException:
@@ -214,10 +251,19 @@ def wait_ready(child: Child, stop: threading.Event, timeout_s: float = 60.0) -> 
 class _Worker(threading.Thread):
     """A pipeline thread that keeps its exception for the caller and stops the rest on failure."""
 
-    def __init__(self, name: str, target: Callable[[], object], stop: threading.Event):
+    def __init__(
+        self,
+        name: str,
+        target: Callable[[], object],
+        stop: threading.Event,
+        *,
+        finite: bool = False,
+    ):
         super().__init__(name=name, daemon=True)
         self._target_fn = target
         self._stop_event = stop
+        #: May end on its own (a replay reaching the end of its CSV) without that being a failure.
+        self.finite = finite
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -229,9 +275,18 @@ class _Worker(threading.Thread):
 
 
 def start_pipeline(
-    settings: Settings, stop: threading.Event, counters: LiveCounters
+    settings: Settings,
+    stop: threading.Event,
+    counters: LiveCounters,
+    *,
+    replay: Pace | None = None,
+    say: Callable[[str], None] = print,
 ) -> list[_Worker]:
-    """The live consumer and the paced producer, as threads sharing ``stop``."""
+    """The live consumer and the paced producer, as threads sharing ``stop``.
+
+    The producer is the random walk, or with ``replay`` the CSV at event-time speed
+    (:func:`replay_live`), which ends at the end of the file while the rest runs on.
+    """
     from marketstream.consume import consume
 
     def on_batch(batch: object, added: int) -> None:
@@ -248,7 +303,14 @@ def start_pipeline(
             lambda: consume(settings, live=True, stop=stop, progress=False, on_batch=on_batch),
             stop,
         ),
-        _Worker("live-producer", lambda: produce_live(settings, stop, counters=counters), stop),
+        _Worker("live-producer", lambda: produce_live(settings, stop, counters=counters), stop)
+        if replay is None
+        else _Worker(
+            "live-replay",
+            lambda: replay_live(settings, stop, replay, counters, say),
+            stop,
+            finite=True,
+        ),
     ]
     for worker in workers:
         worker.start()
@@ -301,7 +363,7 @@ def _first_failure(workers: Sequence[_Worker], children: Sequence[Child]) -> str
     if failure is not None:
         return failure
     for worker in workers:
-        if not worker.is_alive():
+        if not worker.is_alive() and not worker.finite:
             return f"{worker.name} stopped unexpectedly"
     for child in children:
         if not child.alive():
@@ -376,8 +438,12 @@ def run_live(
     duration_s: float | None = None,
     stop: threading.Event | None = None,
     say: Callable[[str], None] | None = None,
+    replay: Pace | None = None,
 ) -> int:
     """Stream until ``stop`` (Ctrl-C/SIGTERM in the CLI) or ``duration_s``; serve API and Voila.
+
+    ``replay`` streams ``settings.csv_path`` at event-time speed instead of the random
+    walk (:func:`replay_live`); the servers stay up after the file's last tick.
 
     Returns 0 after a clean stop, 1 if a part failed (the reason is printed).
     Everything started here is stopped here, including a broker this call
@@ -388,7 +454,7 @@ def run_live(
     log = get_logger(settings.log_path)
     counters = LiveCounters()
     with owned_broker(settings, say=say):
-        failure = _run_parts(settings, api, voila, duration_s, stop, say, counters, log)
+        failure = _run_parts(settings, api, voila, duration_s, stop, say, counters, log, replay)
     say(status_line(counters, "live stopped after"))
     if failure:
         say(f"marketstream live: {failure}")
@@ -407,6 +473,7 @@ def _run_parts(
     say: Callable[[str], None],
     counters: LiveCounters,
     log: logging.Logger,
+    replay: Pace | None = None,
 ) -> str | None:
     """Start the servers and the pipeline threads, supervise, stop them; the failure if any."""
     workers: list[_Worker] = []
@@ -415,11 +482,14 @@ def _run_parts(
     try:
         init_db(settings.db_path)  # readers find a file (empty) from the first second
         children = start_servers(settings, api=api, voila=voila)
-        workers = start_pipeline(settings, stop, counters)
-        say(
-            f"live: {settings.live_rate:g} ticks/s per symbol ({', '.join(settings.symbols)}) "
-            f"-> {settings.topic} @ {settings.bootstrap_servers} -> {settings.db_path}"
+        workers = start_pipeline(settings, stop, counters, replay=replay, say=say)
+        source = (
+            f"{settings.live_rate:g} ticks/s per symbol ({', '.join(settings.symbols)})"
+            if replay is None
+            else f"replaying {settings.csv_path} at {replay.speed:g}x event-time speed"
         )
+        where = f"{settings.topic} @ {settings.bootstrap_servers} -> {settings.db_path}"
+        say(f"live: {source} -> {where}")
         log.info("live_start", extra={"topic": settings.topic, "rate": settings.live_rate})
         failure = _await_servers(children, stop)
         if failure is None and not stop.is_set():

@@ -9,6 +9,12 @@ parameters: papermill writes its parameters into the executed notebook, so a
 run against a secured cluster left the password in ``output/*.ipynb``. They
 reach the kernels through the environment instead (kernels inherit this
 process's environment), set for the run and restored after it.
+
+The notebooks come from the package (:mod:`marketstream.resources`), so an
+installed wheel runs the same pipeline as the checkout. The kernels run in the
+home (:func:`marketstream.settings.home`: ``$MARKETSTREAM_HOME`` or the
+current directory), not in the notebooks' folder, which installed is
+site-packages: a kernel then sees the same home and ``.env`` as this process.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ from marketstream.broker import owned_broker
 from marketstream.errors import PipelineError
 from marketstream.logs import get_logger
 from marketstream.produce import delete_topic
-from marketstream.settings import OPTIONS, PROJECT_ROOT, Settings
+from marketstream.resources import notebook
+from marketstream.settings import OPTIONS, Settings, home
 
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
 
 #: Where, in the output folder, the kernels' own stderr goes (:func:`_kernel_manager`).
@@ -83,19 +89,15 @@ def notebook_parameters(settings: Settings) -> dict[str, object]:
 def secrets_for_kernels(settings: Settings) -> Iterator[None]:
     """Put the settings' secrets into this process's environment while kernels start.
 
-    Each is set to the settings' value, or removed if that is empty, so a
-    kernel's ``Settings.from_env`` sees exactly the caller's; the previous
-    environment is restored afterwards.
+    Each is set to the settings' value, empty if it has none (a variable that
+    is set, even empty, wins over ``.env``), so a kernel's ``Settings.from_env``
+    sees exactly the caller's; the previous environment is restored afterwards.
     """
     secret = [option for option in OPTIONS if option.secret]
     saved = {option.env: os.environ.get(option.env) for option in secret}
     try:
         for option in secret:
-            value = getattr(settings, option.name)
-            if value:
-                os.environ[option.env] = value
-            else:
-                os.environ.pop(option.env, None)
+            os.environ[option.env] = getattr(settings, option.name)
         yield
     finally:
         for name, value in saved.items():
@@ -134,14 +136,14 @@ def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Lo
     import papermill
 
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    source = notebook(name)
     target = settings.output_dir / f"{name}.ipynb"
     try:
         papermill.execute_notebook(
             str(source),
             str(target),
             parameters=notebook_parameters(settings),
-            cwd=str(NOTEBOOK_DIR),
+            cwd=str(home()),
             progress_bar=progress,
             kernel_name="python3",
             kernel_manager_class=_kernel_manager(settings.output_dir / KERNEL_LOG),

@@ -3,7 +3,10 @@
 One JSON message per tick (:meth:`Tick.to_message`), keyed by symbol,
 ``acks=all`` with kafka-python's idempotent producer, batched with a small
 linger (the client and its tuning: :mod:`marketstream.clients`). Bad CSV rows
-are reported with their line number and skipped; the good ones still go.
+are reported with their line number and skipped; the good ones still go. Any CSV
+with the columns ``timestamp,symbol,price,volume`` is input, and with a
+:class:`~marketstream.pacing.Pace` it is replayed at the speed of its event
+times instead of all at once (:func:`produce_csv`).
 
 Replication (:func:`ensure_topic`): a topic the kit creates gets
 ``KAFKA_REPLICATION_FACTOR`` replicas and ``min.insync.replicas`` =
@@ -48,6 +51,7 @@ from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import KafkaUnavailable, ProduceError
 from marketstream.kafka_errors import authorization_error, describe, explain
 from marketstream.logs import get_logger
+from marketstream.pacing import Pace, paced
 from marketstream.settings import Settings
 from marketstream.ticks import CsvProblem, Tick, read_csv
 
@@ -379,9 +383,19 @@ def produce_csv(
     *,
     progress: bool = True,
     clients: KafkaClients = DEFAULT_CLIENTS,
+    pace: Pace | None = None,
+    wait: Callable[[float], bool] | None = None,
 ) -> ProduceSummary:
-    """Send a CSV of ticks (the seed's columns) to the topic."""
+    """Send a CSV of ticks (``timestamp,symbol,price,volume``, any order of columns).
+
+    With ``pace``, each tick goes when its event time says (:func:`marketstream.pacing.paced`,
+    ``pace.speed`` times faster); ``wait(seconds)`` is its sleeper, returning True to stop
+    (the CLI passes its Ctrl-C event's ``wait``). Bad rows are reported and skipped either way.
+    """
     require_csv(path)
+    items: Iterable[Tick | CsvProblem] = read_csv(path)
+    if pace is not None:
+        items = paced(items, pace) if wait is None else paced(items, pace, wait=wait)
     return produce_ticks(
-        read_csv(path), settings, total=count_csv_rows(path), progress=progress, clients=clients
+        items, settings, total=count_csv_rows(path), progress=progress, clients=clients
     )

@@ -12,11 +12,32 @@ variable and a kind, and four things need all three: :meth:`Settings.from_env`,
 (how papermill hands them to a notebook). When the map was written twice and
 the notebooks got a hand-picked 8 of 26, a caller's ``consumer_group`` or
 ``batch_size`` was silently replaced by the environment's inside the notebooks.
+
+Where relative paths point (:func:`home`): ``$MARKETSTREAM_HOME`` if set, else
+the current directory, for every process alike. They used to resolve against
+the source checkout (two folders above this file); installed from a wheel that
+is ``site-packages``, so the DuckDB file, the logs and the Kafka jars landed
+inside the virtualenv. In a checkout, ``make`` runs from the project folder
+(and exports ``MARKETSTREAM_HOME`` there), so ``./data``, ``./logs``,
+``./output`` and ``.cache/kafka`` are the same as before.
+
+Where credentials may come from (:func:`environment`): a ``.env`` file in the
+home, read here, in :meth:`Settings.from_env`, because that is the one door
+every reader of settings goes through: the CLI, the papermill kernels, the API
+and the Voila page (all of which call it), so a password kept in ``.env`` works
+for ``make lab`` and the API as well as for the CLI, and no process has to copy
+it into its environment. The real environment wins over ``.env``, key by key
+(a variable set, even empty, is never replaced), and options and notebook
+parameters win over both: ``.env`` holds the usual values, an ``export`` or an
+option the exception of the moment. The file is read, never executed (python-
+dotenv's parser: 0.57 ms for ``.env.example`` here, 0.01 ms to find none, where
+``from_env`` itself takes 0.12 ms); a missing one is no error.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +45,60 @@ from typing import Any
 from marketstream.addresses import server_list, split_host_port
 from marketstream.errors import SettingsError
 
-__all__ = ["DEFAULT_SYMBOLS", "OPTIONS", "PROJECT_ROOT", "Option", "Settings", "SettingsError"]
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "DOTENV",
+    "HOME_ENV",
+    "OPTIONS",
+    "PROJECT_ROOT",
+    "Option",
+    "Settings",
+    "SettingsError",
+    "default_text",
+    "environment",
+    "home",
+    "read_dotenv",
+]
 
-#: The project root: two levels above this file (lib/marketstream/settings.py).
+#: The source checkout this file sits in (lib/marketstream/settings.py): only meaningful
+#: in a checkout, where the tests use it to find the repository's files. Nothing at run
+#: time resolves against it (installed, it is site-packages); see :func:`home`.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: The variable naming the folder relative paths and ``.env`` are taken from.
+HOME_ENV = "MARKETSTREAM_HOME"
+
+#: The credentials file, in the home (see the module docstring).
+DOTENV = ".env"
+
+
+def home(environ: Mapping[str, str] | None = None) -> Path:
+    """Where relative paths resolve and ``.env`` is read: ``$MARKETSTREAM_HOME``, else the
+    current directory. It comes from the real environment only (``.env`` is in it)."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(HOME_ENV, "").strip()
+    return Path(raw).expanduser().absolute() if raw else Path.cwd()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` pairs of a ``.env`` file (none if it does not exist).
+
+    python-dotenv parses it (quotes, ``export``, comments); it is imported here
+    so a process without a ``.env`` never pays for it.
+    """
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables settings are read from: ``environ`` (default: the process's) over the
+    ``.env`` in its :func:`home`. A variable present in ``environ``, even empty, wins."""
+    environ = os.environ if environ is None else environ
+    return {**read_dotenv(home(environ) / DOTENV), **environ}
+
 
 DEFAULT_SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
@@ -91,7 +162,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 
 def _resolve(raw: str | Path) -> Path:
     path = Path(raw).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return path if path.is_absolute() else home() / path
 
 
 @dataclass(frozen=True)
@@ -102,11 +173,12 @@ class Settings:
     topic: str = "market_ticks"
     partitions: int = 3
     consumer_group: str = "marketstream-duckdb"
-    db_path: Path = field(default_factory=lambda: PROJECT_ROOT / "data" / "market_data.duckdb")
-    csv_path: Path = field(default_factory=lambda: PROJECT_ROOT / "data" / "indices_sample.csv")
-    log_path: Path = field(default_factory=lambda: PROJECT_ROOT / "logs" / "pipeline.log")
-    output_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "output")
-    kafka_home: Path = field(default_factory=lambda: PROJECT_ROOT / ".cache" / "kafka")
+    # paths: under the home (:func:`home`) when a Settings is made
+    db_path: Path = field(default_factory=lambda: home() / "data" / "market_data.duckdb")
+    csv_path: Path = field(default_factory=lambda: home() / "data" / "indices_sample.csv")
+    log_path: Path = field(default_factory=lambda: home() / "logs" / "pipeline.log")
+    output_dir: Path = field(default_factory=lambda: home() / "output")
+    kafka_home: Path = field(default_factory=lambda: home() / ".cache" / "kafka")
     kafka_version: str = "4.4.0"
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     ticks_per_symbol: int = 50
@@ -135,10 +207,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Build settings from ``KAFKA_*``/``MARKET_*`` variables, then apply overrides."""
+        """Build settings from ``KAFKA_*``/``MARKET_*`` variables, then apply overrides.
+
+        The variables are the process's over the home's ``.env`` (:func:`environment`).
+        """
+        env = environment()
         values: dict[str, object] = {}
         for option in OPTIONS:
-            raw = os.environ.get(option.env)
+            raw = env.get(option.env)
             if raw is not None and raw.strip():
                 values[option.name] = _parse(option, raw.strip(), source=option.env)
         merged = cls().with_(**values) if values else cls()
@@ -241,6 +317,15 @@ class Settings:
 
 _DEFAULTS = Settings()
 _KINDS: dict[str, type] = {f.name: type(getattr(_DEFAULTS, f.name)) for f in fields(Settings)}
+
+
+def default_text(option: Option) -> str:
+    """A setting's default as a person reads it (paths relative to the home), for help texts."""
+    value = getattr(Settings(), option.name)
+    if isinstance(value, Path):
+        base = home()
+        return str(value.relative_to(base)) if value.is_relative_to(base) else str(value)
+    return _text(value) or "empty"
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -62,7 +62,7 @@ def live_cli(settings: Settings, *args: str) -> Iterator[LiveProcess]:
     whatever is still there, so a failing test never leaves a server behind.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "marketstream.cli", "live", "-q", *args],
+        [sys.executable, "-u", "-m", "marketstream.cli", "live", *args],
         env=child_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -14,12 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from marketstream.live import (
-    MAX_BACKLOG_S,
-    VOILA_CONFIG,
-    tick_schedule,
-    voila_command,
-)
+from marketstream.live import VOILA_CONFIG, tick_schedule, voila_command
+from marketstream.pacing import MAX_BACKLOG_S
 from marketstream.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
@@ -77,7 +73,7 @@ def test_one_voila_config_file_holds_the_cull_settings_for_every_way_to_serve_th
     for name, command in [("live mode", live), ("compose", service)] + [
         ("README", c) for c in readme
     ]:
-        assert _config_dirs(command, PROJECT_ROOT) == [VOILA_CONFIG.parent], name
+        assert _config_dirs(command, PROJECT_ROOT) == [VOILA_CONFIG.parent.resolve()], name
         assert not [a for a in command if "MappingKernelManager" in a], f"{name} sets its own"
 
 

@@ -31,7 +31,7 @@ from marketstream.bench.plan import REQUIRED_KEYS, TARGETS, Plan, distribution, 
 from marketstream.bench.report import format_table, summarize, write_chart, write_json
 from marketstream.bench.run import BenchRun
 from marketstream.errors import BenchError, SettingsError
-from marketstream.settings import PROJECT_ROOT, Settings
+from marketstream.settings import Settings, home
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -52,7 +52,7 @@ MIN_TICKS = 1_000
 
 def _output_path(output: str | Path) -> Path:
     path = Path(output).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return path if path.is_absolute() else home() / path
 
 
 def _run_phases(run: BenchRun, load_generator: str | None) -> dict[str, Any]:
