@@ -34,6 +34,7 @@ from marketstream.ticks import (
     MAX_YEAR,
     MIN_YEAR,
     SYMBOL_RE,
+    Tick,
     TickError,
     tick_from_message,
 )
@@ -150,6 +151,19 @@ def _offsets(topics: list[str], partitions: np.ndarray, offsets: np.ndarray) -> 
     return result
 
 
+def decode_value(value: bytes | None) -> Tick:
+    """The per-message rule for one value: the reference the fast path must agree with.
+
+    :class:`TickError` (the dead-letter reason) for a null, an oversized or an
+    invalid message.
+    """
+    if value is None:
+        raise TickError("empty message (null value)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise TickError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return tick_from_message(value)
+
+
 def decode_records(records: Sequence[Any], received_at: datetime) -> DecodedBatch:
     """Turn Kafka records into an Arrow batch; invalid ones become dead-letter rows."""
     received = received_at.astimezone(UTC).replace(tzinfo=None)
@@ -167,11 +181,7 @@ def decode_records(records: Sequence[Any], received_at: datetime) -> DecodedBatc
         rec = records[i]
         value = values[i]
         try:
-            if value is None:
-                raise TickError("empty message (null value)")
-            if len(value) > MAX_MESSAGE_BYTES:
-                raise TickError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
-            tick = tick_from_message(value)
+            tick = decode_value(value)
         except TickError as exc:
             dead["topic"].append(rec.topic)
             dead["partition"].append(rec.partition)

@@ -42,7 +42,7 @@ from marketstream.processes import child_env, free_port
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.settings import Settings
 from marketstream.ticks import Tick, generate_ticks
-from support.factories import tick_table
+from support.stored import store_counts, store_difference
 from support.waiting import exited, wait_until
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225", "FTSE100")
@@ -114,20 +114,6 @@ def end_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
-def store_counts(db: Path) -> tuple[int, int, int]:
-    """(rows, distinct ticks, distinct Kafka coordinates) in market_ticks."""
-    with store.read_connection(db) as con:
-        row = con.execute(
-            """
-            SELECT count(*),
-                   count(DISTINCT (symbol, event_time)),
-                   count(DISTINCT (topic, "partition", "offset"))
-            FROM market_ticks
-            """
-        ).fetchall()[0]
-    return int(row[0]), int(row[1]), int(row[2])
-
-
 def stored_below(db: Path, committed: dict[int, int]) -> dict[int, int]:
     """Per partition, how many stored rows have an offset below the committed one."""
     with store.read_connection(db) as con:
@@ -149,19 +135,7 @@ def assert_committed_is_stored(db: Path, committed: dict[int, int]) -> None:
 
 def assert_store_equals(db: Path, ticks: list[Tick]) -> None:
     """DuckDB holds exactly these ticks: same identities, prices and volumes, nothing else."""
-    expected = tick_table(ticks).select(["symbol", "event_time", "price", "volume"])
-    cols = "symbol, event_time, price, volume"
-    with store.read_connection(db) as con:
-        con.register("expected", expected)
-        missing, extra = con.execute(
-            f"""
-            SELECT (SELECT count(*) FROM (SELECT {cols} FROM expected
-                                          EXCEPT SELECT {cols} FROM market_ticks)),
-                   (SELECT count(*) FROM (SELECT {cols} FROM market_ticks
-                                          EXCEPT SELECT {cols} FROM expected))
-            """
-        ).fetchall()[0]
-    assert (missing, extra) == (0, 0)
+    assert store_difference(db, ticks) == (0, 0)
 
 
 def runs(db: Path) -> list[dict]:

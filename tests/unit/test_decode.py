@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import TopicPartition
 
-from marketstream.decode import MAX_MESSAGE_BYTES, decode_records
-from marketstream.ticks import TickError, generate_ticks, tick_from_message
+from marketstream.decode import MAX_MESSAGE_BYTES, decode_records, decode_value
+from marketstream.ticks import TickError, generate_ticks
 from support.bad_messages import BAD_KINDS, tick_json
 from support.factories import Record
 
@@ -35,13 +35,9 @@ GOOD_TICK = (
 
 def reference(value: bytes | None) -> tuple:
     """What the consumer must make of one message: the per-message rules, no fast path
-    (what the consumer did before the batch decoder: tick_from_message, one by one)."""
+    (decode_value: what the consumer did before the batch decoder, one by one)."""
     try:
-        if value is None:
-            raise TickError("empty message (null value)")
-        if len(value) > MAX_MESSAGE_BYTES:
-            raise TickError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        tick = tick_from_message(value)
+        tick = decode_value(value)
     except TickError as exc:
         return ("dead", str(exc))
     return ("tick", tick.symbol, tick.timestamp.replace(tzinfo=None), tick.price, tick.volume)

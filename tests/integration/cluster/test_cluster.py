@@ -16,7 +16,6 @@ import psutil
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from marketstream import store
 from marketstream.broker import cluster, fetch_kafka
 from marketstream.clients import DEFAULT_CLIENTS
 from marketstream.logs import read_log
@@ -24,6 +23,7 @@ from marketstream.pipeline import run_pipeline
 from marketstream.produce import ensure_topic, produce_ticks, replication_plan
 from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
+from support.stored import store_counts
 from support.waiting import wait_until
 
 
@@ -122,12 +122,7 @@ def test_the_pipeline_runs_on_the_cluster(on_cluster: Settings) -> None:
     assert summary.rows == 150
     assert summary.broker_started is False  # the cluster answered: nothing started
     assert replication(on_cluster) == ([3, 3, 3], "2")
-    with store.read_connection(on_cluster.db_path) as con:
-        rows = con.execute(
-            'SELECT count(*), count(DISTINCT (symbol, event_time)), count(DISTINCT ("partition",'
-            ' "offset")) FROM market_ticks'
-        ).fetchall()[0]
-    assert rows == (150, 150, 150)
+    assert store_counts(on_cluster.db_path) == (150, 150, 150)
     again = run_pipeline(on_cluster, progress=False)  # same seed, same ticks: stored once
     assert again.rows == 150
 
