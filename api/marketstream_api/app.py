@@ -95,9 +95,9 @@ def _is_volume(name: str) -> bool:
 def _metrics(settings: Settings, reader: StoreReader) -> bytes:
     since, until = time_range_params()
     if since is None and until is None:
-        frame = reader.market_metrics(settings.db_path)
+        frame = reader.market_metrics(store.locate(settings))
     else:
-        frame = reader.market_metrics(settings.db_path, since=since, until=until)
+        frame = reader.market_metrics(store.locate(settings), since=since, until=until)
     frame = frame[[*store.METRIC_COLUMNS, "last_tick"]].rename(columns={"last_tick": "time"})
     return json_bytes(frame_records(frame, _METRIC_INTS))
 
@@ -105,7 +105,7 @@ def _metrics(settings: Settings, reader: StoreReader) -> bytes:
 def _live(settings: Settings, reader: StoreReader) -> bytes:
     limit = int_param("limit", LIVE_LIMIT)
     since, until = time_range_params()
-    frame = reader.live_wide(settings.db_path, limit=limit, since=since, until=until)
+    frame = reader.live_wide(store.locate(settings), limit=limit, since=since, until=until)
     return json_bytes(frame_records(frame, _is_volume))
 
 
@@ -114,12 +114,14 @@ def _candles(settings: Settings, reader: StoreReader) -> bytes:
     interval_s = interval_param("interval")
     limit = int_param("limit", CANDLES_LIMIT)
     since, until = time_range_params()
-    frame = reader.candles(settings.db_path, symbol, interval_s, limit, since=since, until=until)
+    frame = reader.candles(
+        store.locate(settings), symbol, interval_s, limit, since=since, until=until
+    )
     return json_bytes(frame_records(frame, _CANDLE_INTS))
 
 
 def _live_v0(settings: Settings, reader: StoreReader) -> bytes:
-    frame = reader.live_v0(settings.db_path, int_param("limit", V0_LIVE_LIMIT))
+    frame = reader.live_v0(store.locate(settings), int_param("limit", V0_LIVE_LIMIT))
     return json_bytes(frame_records(frame, _is_volume))
 
 
@@ -128,7 +130,7 @@ def _metrics_v0(settings: Settings, reader: StoreReader, cache: ReadCache) -> li
     (its "Price Trends" panel plots them against it); kept like ``/runs``, stamped after."""
     records = cache.get(
         ("v0-metrics",),
-        lambda: frame_records(reader.metrics_v0(settings.db_path), _V0_METRIC_INTS),
+        lambda: frame_records(reader.metrics_v0(store.locate(settings)), _V0_METRIC_INTS),
     )
     now = iso(datetime.now(UTC))
     return [{**record, "time": now} for record in records]
@@ -145,11 +147,11 @@ def _runs(settings: Settings, reader: StoreReader, cache: ReadCache) -> dict[str
     since, until = time_range_params()
 
     def compute() -> tuple[store.HealthSnapshot, list[dict[str, Any]]]:
-        snapshot = reader.health_snapshot(settings.db_path)
+        snapshot = reader.health_snapshot(store.locate(settings))
         if since is None and until is None:
-            frame = reader.pipeline_runs(settings.db_path, limit)
+            frame = reader.pipeline_runs(store.locate(settings), limit)
         else:
-            frame = reader.pipeline_runs(settings.db_path, limit, since=since, until=until)
+            frame = reader.pipeline_runs(store.locate(settings), limit, since=since, until=until)
         return snapshot, frame_records(frame, _RUN_INTS)
 
     snapshot, runs = cache.get(("runs", limit, since, until), compute)
@@ -264,7 +266,7 @@ def create_app(
     app.extensions["marketstream_broker_probe"] = probe
     # The cache sits in front of Flask (see ReplayCache): a kept answer costs no Flask work.
     cache = ReadCache(
-        settings.db_path, min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
+        store.locate(settings), min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
     )
     app.extensions["marketstream_read_cache"] = cache
     _register_routes(app, settings, reader, probe, cache)

@@ -26,11 +26,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from marketstream import store
-from marketstream.store import Signature
+from marketstream.store import Signature, Where
 
 T = TypeVar("T")
 
@@ -68,13 +67,13 @@ class ReadCache:
 
     def __init__(
         self,
-        db_path: Path,
+        at: Where,
         *,
         min_age_s: float = 0.25,
         max_stale_s: float = 0.0,
         max_entries: int = 256,
     ):
-        self.db_path = db_path
+        self.at = at
         self.min_age_s = min_age_s
         self.max_stale_s = max_stale_s
         self.max_entries = max_entries
@@ -94,7 +93,7 @@ class ReadCache:
         self.misses += 1
         # Sign before reading: a commit during the query then shows as a new
         # signature next time, so the answer is recomputed, never kept too long.
-        signature = store.signature(self.db_path)
+        signature = store.signature(self.at)
         value = compute()
         slot.entry = _Entry(signature, time.monotonic(), value)
         return value
@@ -110,7 +109,7 @@ class ReadCache:
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         """The answer for ``key``: kept, or computed by ``compute`` (exceptions propagate)."""
-        signature = store.signature(self.db_path)
+        signature = store.signature(self.at)
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -138,7 +137,7 @@ class ReadCache:
         else:
             slot.lock.acquire()  # the first answer: wait for whoever computes it
         try:
-            if self._usable(slot.entry, store.signature(self.db_path)):
+            if self._usable(slot.entry, store.signature(self.at)):
                 self.hits += 1
                 return slot.entry.value  # type: ignore[union-attr]  (computed while we waited)
             return self._compute_into(slot, compute)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from marketstream import store
 from marketstream.clients import DEFAULT_CLIENTS
 from marketstream.settings import Settings
 from marketstream.store import HealthSnapshot
@@ -83,12 +84,14 @@ def store_health(settings: Settings, snapshot: SnapshotReader) -> dict[str, Any]
     """The store half of /health; any failure to read is reported, never raised."""
     state: dict[str, Any] = {
         "reachable": False,
-        "path": str(settings.db_path),
+        "path": "",
         "ticks": None,
         "error": None,
     }
     try:
-        state["ticks"] = snapshot(settings.db_path).ticks
+        at = store.locate(settings)
+        state["path"] = store.describe(at)
+        state["ticks"] = snapshot(at).ticks
         state["reachable"] = True
     except Exception as exc:
         state["error"] = first_line(exc)

@@ -30,7 +30,9 @@ import threading
 import time
 from collections.abc import Sequence
 
+from marketstream import store
 from marketstream.addresses import connect_host, join_host_port
+from marketstream.errors import MarketstreamError
 from marketstream.processes import can_bind, free_port, is_local_address, port_open
 from marketstream.settings import Settings, SettingsError
 
@@ -105,7 +107,7 @@ def serve(
         workers_kill_timeout=5,
     )
 
-    line = f"marketstream API on {url} (db {settings.db_path})"
+    line = f"marketstream API on {url} ({store.describe(store.locate(settings))})"
     threading.Thread(target=_announce_when_listening, args=(host, port, line), daemon=True).start()
     server.serve()
 
@@ -123,13 +125,18 @@ def run(
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # until granian takes over
     try:
-        serve(settings, workers=workers, threads=threads, target=target)
+        # A lake without a catalog: the kit's PostgreSQL, started for as long as we serve.
+        with store.owned_store(settings) as settings:
+            serve(settings, workers=workers, threads=threads, target=target)
     except OSError as exc:  # typically the port is taken
         where = join_host_port(settings.api_host, settings.api_port)
         print(
             f"error: cannot listen on {where}: {exc.strerror}; set MARKET_API_PORT or pass --port",
             file=sys.stderr,
         )
+        return 1
+    except MarketstreamError as exc:  # e.g. the lake's catalog cannot be reached
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

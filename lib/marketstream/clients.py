@@ -136,6 +136,49 @@ class KeyCachingPartitioner(DefaultPartitioner):
         return found
 
 
+class SpreadPartitioner(KeyCachingPartitioner):
+    """The configured symbols over the partitions in turn; any other key as Kafka's default.
+
+    Why: keyed by symbol, murmur2 puts the default three symbols on 3 partitions
+    at {1, 1, 2} (measured): partition 0 empty, one partition two thirds of the
+    stream, so a second consumer worker would have nothing to do. Here symbol
+    ``i`` of ``MARKET_SYMBOLS`` goes to partition ``i mod n``: each symbol still
+    has one partition (per-symbol order holds), and N symbols fill N partitions.
+    The cost: a producer that is not the kit (its client's murmur2) sends the
+    same symbol to another partition, so that symbol's order across the two
+    producers, and the one-writer-per-symbol the lake's identity check relies
+    on, no longer hold; give such producers ``MARKET_PARTITIONER=murmur2`` here.
+    """
+
+    def __init__(self, symbols: tuple[str, ...]) -> None:
+        super().__init__()
+        self._slots = {symbol.encode(): i for i, symbol in enumerate(symbols)}
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        """Symbol ``i`` to the ``i``-th partition (mod their count); others by murmur2."""
+        slot = self._slots.get(bytes(serialized_key)) if serialized_key is not None else None
+        if slot is not None:
+            partitions = sorted(cluster.partitions_for_topic(topic) or ())
+            if partitions:
+                return partitions[slot % len(partitions)]
+        return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+
+
+def partitioner_for(settings: Settings) -> KeyCachingPartitioner:
+    """The producer's partitioner ``MARKET_PARTITIONER`` names (see :class:`SpreadPartitioner`)."""
+    if settings.partitioner == "spread":
+        return SpreadPartitioner(settings.symbols)
+    return KeyCachingPartitioner()
+
+
 def producer_config(settings: Settings) -> dict[str, object]:
     """A producer tuned for throughput without giving up delivery guarantees."""
     return {
@@ -146,7 +189,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "batch_size": BATCH_BYTES,
         "max_request_size": 4 * 1024 * 1024,
         "compression_type": None if settings.compression == "none" else settings.compression,
-        "partitioner": KeyCachingPartitioner(),
+        "partitioner": partitioner_for(settings),
     }
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from tqdm.auto import tqdm
 
@@ -43,7 +43,7 @@ from marketstream.errors import ConsumeError
 from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
-from marketstream.store import RunMetrics, TickWriter
+from marketstream.store import RunMetrics, Writer, locate, open_writer
 
 __all__ = [
     "BATCH",
@@ -133,10 +133,12 @@ class Checkpoint:
     loop's, so it can be read, tested and hooked in one place.
     """
 
-    def __init__(self, consumer: Any, writer: TickWriter, hooks: ConsumeHooks):
+    def __init__(self, consumer: Any, writer: Writer, hooks: ConsumeHooks):
         self.consumer = consumer
         self.writer = writer
         self.hooks = hooks
+        #: Kafka commits refused because the partitions had moved (the batch is stored)
+        self.lost_commits = 0
 
     def store(self, records: list, received_at: datetime) -> tuple[DecodedBatch, int]:
         """Decode the records and commit them to the store; (batch, rows added)."""
@@ -145,6 +147,7 @@ class Checkpoint:
         added = self.writer.write_batch(
             batch.ticks,
             batch.dead,
+            offsets=batch.offsets,
             before_commit=None if before is None else (lambda con: before(con, batch)),
         )
         return batch, added
@@ -153,7 +156,18 @@ class Checkpoint:
         """Commit the batch's offsets to Kafka: only ever after :meth:`store` returned."""
         if self.hooks.before_kafka_commit is not None:
             self.hooks.before_kafka_commit(batch, added)
-        self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in batch.offsets.items()})
+        try:
+            self.consumer.commit(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in batch.offsets.items()}
+            )
+        except CommitFailedError:
+            # The group moved these partitions to another worker while this batch was
+            # being stored (a rebalance, or this worker stalled past its session
+            # timeout). The batch is in the store; its new owner starts from the last
+            # committed offset, and the store skips what it already has (the file's
+            # keys, the lake's partition fences), so nothing is lost or doubled.
+            self.lost_commits += 1
+            return
         if self.hooks.after_kafka_commit is not None:
             self.hooks.after_kafka_commit(batch, added)
 
@@ -355,7 +369,7 @@ def consume(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
     consumer = clients.consumer(settings)
-    writer = TickWriter(settings.db_path, hold=policy.hold_store)
+    writer = open_writer(locate(settings), hold=policy.hold_store)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)
     loop = _Loop(settings, policy, consumer, Checkpoint(consumer, writer, hooks), bar, log, run_id)
     status = "ok"

@@ -35,8 +35,9 @@ from marketstream.logs import get_logger
 from marketstream.pacing import Pace, paced, schedule
 from marketstream.processes import Child, child_env, port_open, process_family, start_child
 from marketstream.settings import Settings, home
-from marketstream.store import init_db
+from marketstream.store import describe, init_store, locate, owned_store, tick_count, upkeep
 from marketstream.ticks import CsvProblem, Tick
+from marketstream.workers import start_workers
 
 #: The Voila page served by live mode (shipped in the package: :mod:`marketstream.resources`).
 LIVE_NOTEBOOK = resources.notebook("05_live")
@@ -297,12 +298,15 @@ def start_pipeline(
         lag = (datetime.now(UTC) - newest.replace(tzinfo=UTC)).total_seconds()
         counters.commit_lag_s.append(lag)
 
-    workers = [
+    consumers = [
         _Worker(
             "live-consumer",
             lambda: consume(settings, live=True, stop=stop, progress=False, on_batch=on_batch),
             stop,
-        ),
+        )
+    ]
+    workers = [
+        *(consumers if settings.consumers == 1 else []),  # more: processes (start_workers)
         _Worker("live-producer", lambda: produce_live(settings, stop, counters=counters), stop)
         if replay is None
         else _Worker(
@@ -315,6 +319,30 @@ def start_pipeline(
     for worker in workers:
         worker.start()
     return workers
+
+
+def count_stored(settings: Settings, stop: threading.Event, counters: LiveCounters) -> None:
+    """With consumer processes, the status line's "stored" is read from the store each second."""
+    at = locate(settings)
+    before = tick_count(at)
+    while not stop.wait(1.0):
+        counters.stored = tick_count(at) - before
+
+
+#: Live mode tidies the lake this often: at ~10 commits a second a table gains
+#: ~300 small Parquet files in 30 s, which one merge folds back into a few.
+UPKEEP_EVERY_S = 30.0
+
+
+def keep_lake_tidy(settings: Settings, stop: threading.Event, log: logging.Logger) -> None:
+    """Every :data:`UPKEEP_EVERY_S`: merge small files, expire old snapshots (:func:`upkeep`)."""
+    at = locate(settings)
+    while not stop.wait(UPKEEP_EVERY_S):
+        done = upkeep(at)
+        log.info(
+            "lake_upkeep",
+            extra={"files_before": done.files_before, "files_after": done.files_after},
+        )
 
 
 def describe_urls(settings: Settings, children: Sequence[Child]) -> list[str]:
@@ -377,6 +405,8 @@ def _first_failure(workers: Sequence[_Worker], children: Sequence[Child]) -> str
 def _await_servers(children: Sequence[Child], stop: threading.Event) -> str | None:
     """Wait for every server's port; the reason if one died or never answered."""
     for child in children:
+        if not child.url:  # a consumer worker: nothing to wait for
+            continue
         if wait_ready(child, stop) or stop.is_set():
             continue
         if not child.alive():
@@ -453,7 +483,7 @@ def run_live(
     stop = stop or threading.Event()
     log = get_logger(settings.log_path)
     counters = LiveCounters()
-    with owned_broker(settings, say=say):
+    with owned_broker(settings, say=say), owned_store(settings) as settings:
         failure = _run_parts(settings, api, voila, duration_s, stop, say, counters, log, replay)
     say(status_line(counters, "live stopped after"))
     if failure:
@@ -480,15 +510,26 @@ def _run_parts(
     children: list[Child] = []
     failure: str | None = None
     try:
-        init_db(settings.db_path)  # readers find a file (empty) from the first second
+        init_store(locate(settings))  # readers find the tables (empty) from the first second
         children = start_servers(settings, api=api, voila=voila)
         workers = start_pipeline(settings, stop, counters, replay=replay, say=say)
+        extra = []
+        if settings.consumers > 1:
+            children += start_workers(settings, settings.consumers, live=True)
+            extra.append(
+                _Worker("live-stored", lambda: count_stored(settings, stop, counters), stop)
+            )
+        if settings.store == "ducklake":
+            extra.append(_Worker("live-upkeep", lambda: keep_lake_tidy(settings, stop, log), stop))
+        for worker in extra:
+            worker.start()
+        workers += extra
         source = (
             f"{settings.live_rate:g} ticks/s per symbol ({', '.join(settings.symbols)})"
             if replay is None
             else f"replaying {settings.csv_path} at {replay.speed:g}x event-time speed"
         )
-        where = f"{settings.topic} @ {settings.bootstrap_servers} -> {settings.db_path}"
+        where = f"{settings.topic} @ {settings.bootstrap_servers} -> {describe(locate(settings))}"
         say(f"live: {source} -> {where}")
         log.info("live_start", extra={"topic": settings.topic, "rate": settings.live_rate})
         failure = _await_servers(children, stop)

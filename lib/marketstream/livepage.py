@@ -86,10 +86,11 @@ class Snapshot:
 def read_snapshot(settings: Settings, window_s: int) -> Snapshot:
     """Health, the last ``window_s`` seconds per symbol, and the per-symbol statistics."""
     taken_at = datetime.now(UTC)
-    health = store.health(settings.db_path)
+    at = store.locate(settings)
+    health = store.health(at)
     since = (taken_at - timedelta(seconds=window_s)).replace(tzinfo=None)
-    wide = store.live_wide(settings.db_path, limit=window_s, since=since)
-    metrics = store.market_metrics(settings.db_path)
+    wide = store.live_wide(at, limit=window_s, since=since)
+    metrics = store.market_metrics(at)
     return Snapshot(taken_at, health["ticks"], health["newest_event_time"], wide, metrics)
 
 

@@ -35,6 +35,7 @@ from marketstream.logs import get_logger
 from marketstream.produce import delete_topic
 from marketstream.resources import notebook
 from marketstream.settings import OPTIONS, Settings, home
+from marketstream.store import owned_store
 
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
 
@@ -52,7 +53,7 @@ class PipelineSummary:
     rows: int
     elapsed_s: float
     throughput_per_s: float | None
-    db_path: Path
+    location: str
     outputs: list[Path] = field(default_factory=list)
     broker_started: bool = False
 
@@ -61,7 +62,7 @@ class PipelineSummary:
         rate = f"{self.throughput_per_s:,.0f} ticks/s" if self.throughput_per_s else "n/a"
         lines = [
             f"pipeline finished in {self.elapsed_s:.1f}s",
-            f"  rows in DuckDB   : {self.rows} ({self.db_path})",
+            f"  rows stored      : {self.rows} ({self.location})",
             f"  consume rate     : {rate} (last consumer run)",
             f"  executed notebooks: {self.outputs[0].parent if self.outputs else '-'}",
         ]
@@ -173,22 +174,24 @@ def run_pipeline(
     started = time.perf_counter()
     log = get_logger(settings.log_path)
     log.info("pipeline_start", extra={"notebooks": list(notebooks), "fresh": fresh})
-    with owned_broker(settings, keep=keep_broker) as kafka:
+    with owned_broker(settings, keep=keep_broker) as kafka, owned_store(settings) as settings:
+        at = store.locate(settings)
         if fresh:
             delete_topic(settings)
-            store.remove_db(settings.db_path)
+            store.remove_store(at)
+            store.init_store(at)
         with secrets_for_kernels(settings):
             outputs = [_run_notebook(name, settings, progress, log) for name in notebooks]
-    runs = store.pipeline_runs(settings.db_path, limit=1)
-    throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
-    summary = PipelineSummary(
-        rows=store.tick_count(settings.db_path),
-        elapsed_s=time.perf_counter() - started,
-        throughput_per_s=throughput,
-        db_path=settings.db_path,
-        outputs=outputs,
-        broker_started=kafka.started,
-    )
+        runs = store.pipeline_runs(at, limit=1)
+        throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
+        summary = PipelineSummary(
+            rows=store.tick_count(at),
+            elapsed_s=time.perf_counter() - started,
+            throughput_per_s=throughput,
+            location=store.describe(at),
+            outputs=outputs,
+            broker_started=kafka.started,
+        )
     log.info(
         "pipeline_end",
         extra={"rows": summary.rows, "elapsed_s": round(summary.elapsed_s, 3)},

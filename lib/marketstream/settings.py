@@ -104,6 +104,8 @@ DEFAULT_SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
 #: Producer codecs kafka-python can write (and, with its optional libraries, read).
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+STORES = ("duckdb", "ducklake")
+PARTITIONERS = ("spread", "murmur2")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
@@ -138,7 +140,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("isolation_level", "KAFKA_ISOLATION_LEVEL", "read_committed or read_uncommitted"),
     Option("replication_factor", "KAFKA_REPLICATION_FACTOR", "replicas of topics the kit creates"),
     Option("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS", "min.insync.replicas of them"),
+    Option("store", "MARKET_STORE", "duckdb (one file) or ducklake (Parquet + a catalog)"),
     Option("db_path", "MARKET_DB_PATH", "the DuckDB file"),
+    Option("ducklake_catalog", "MARKET_DUCKLAKE_CATALOG", "PostgreSQL DSN or SQLite path"),
+    Option("ducklake_data", "MARKET_DUCKLAKE_DATA", "DuckLake's Parquet folder (or s3://...)"),
+    Option("postgres_home", "MARKET_POSTGRES_HOME", "the kit's own PostgreSQL data"),
+    Option("postgres_port", "MARKET_POSTGRES_PORT", "its port (0: a free one)"),
+    Option("consumers", "MARKET_CONSUMERS", "consumer worker processes"),
+    Option("partitioner", "MARKET_PARTITIONER", "spread (symbols over partitions) or murmur2"),
     Option("csv_path", "MARKET_CSV_PATH", "the tick CSV"),
     Option("log_path", "MARKET_LOG_PATH", "the JSON-lines log"),
     Option("output_dir", "MARKET_OUTPUT_DIR", "executed notebooks"),
@@ -180,6 +189,15 @@ class Settings:
     output_dir: Path = field(default_factory=lambda: home() / "output")
     kafka_home: Path = field(default_factory=lambda: home() / ".cache" / "kafka")
     kafka_version: str = "4.4.0"
+    store: str = "duckdb"
+    #: empty: the kit's own PostgreSQL server (:mod:`marketstream.postgres`)
+    ducklake_catalog: str = ""
+    #: text, not a Path: it may be an object-store URL (``s3://bucket/prefix/``)
+    ducklake_data: str = "data/lake"
+    postgres_home: Path = field(default_factory=lambda: home() / ".cache" / "postgres")
+    postgres_port: int = 0
+    consumers: int = 1
+    partitioner: str = "spread"
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     ticks_per_symbol: int = 50
     seed: int = 42
@@ -274,6 +292,19 @@ class Settings:
                 f"KAFKA_ISOLATION_LEVEL={self.isolation_level!r}: use read_committed "
                 "(aborted transactions never land) or read_uncommitted"
             )
+        if self.store not in STORES:
+            raise SettingsError(
+                f"MARKET_STORE={self.store!r}: use duckdb (one file, the default) or ducklake"
+            )
+        if self.partitioner not in PARTITIONERS:
+            raise SettingsError(
+                f"MARKET_PARTITIONER={self.partitioner!r}: use spread (the configured symbols "
+                "over the partitions) or murmur2 (Kafka's default for keyed messages)"
+            )
+        if self.consumers < 1:
+            raise SettingsError("MARKET_CONSUMERS must be at least 1")
+        if not 0 <= self.postgres_port <= 65535:
+            raise SettingsError("MARKET_POSTGRES_PORT must be a port number (0: a free one)")
         if self.replication_factor < 1:
             raise SettingsError("KAFKA_REPLICATION_FACTOR must be at least 1")
         if self.min_insync_replicas < 1:
@@ -304,6 +335,12 @@ class Settings:
     def bootstrap_host_port(self) -> tuple[str, int]:
         """The first bootstrap server as (host, port), where a local broker would listen."""
         return self.bootstrap_endpoints[0]
+
+    @property
+    def lake_data(self) -> str:
+        """DuckLake's data path: a URL as given, a relative folder under the home."""
+        raw = self.ducklake_data
+        return raw if "://" in raw else str(_resolve(raw))
 
     @property
     def secured(self) -> bool:

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from marketstream import store
 from marketstream.decode import DecodedBatch, decode_records
-from marketstream.store import RunMetrics, TickWriter
+from marketstream.store import RunMetrics, open_writer
 from marketstream.ticks import RandomWalk, Tick
 
 #: What the consumer reads from Kafka, as far as the decoder looks at it.
@@ -128,12 +128,12 @@ def write_store(
     hold: bool = True,
 ) -> Path:
     """Write a batch (an Arrow table, or ticks for :func:`tick_table`), dead letters and a
-    run row into the DuckDB file at ``path`` with the real :class:`TickWriter`.
+    run row into the DuckDB file at ``path`` with the real store writer.
 
     ``hold=False`` opens the file per batch, as live mode does (readers get in between).
     """
     table = batch if isinstance(batch, pa.Table) else tick_table(batch)
-    with TickWriter(path, hold=hold) as writer:
+    with open_writer(path, hold=hold) as writer:
         writer.write_batch(table, dead)
         if run is not None:
             writer.record_run(run)

@@ -87,7 +87,7 @@ def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
         readers = [threading.Thread(target=read_many) for _ in range(3)]
         for reader in readers:
             reader.start()
-        writer = store.TickWriter(path, hold=False)
+        writer = store.open_writer(path, hold=False)
         for i, batch in enumerate(batches):
             writer.write_batch(
                 tick_table(

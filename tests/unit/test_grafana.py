@@ -514,7 +514,7 @@ def market(tmp_path_factory) -> MarketStore:
         _run("old-run", ticks[30:60], end - timedelta(minutes=30), 2),  # the older range
         _run("recent-run", ticks[60:90], end - timedelta(minutes=5), 1),  # the default one
     ]
-    with store.TickWriter(path) as writer:
+    with store.open_writer(path) as writer:
         writer.write_batch(tick_table(ticks, topic="market_ticks"))
         for run in runs:
             writer.record_run(run)

@@ -10,7 +10,8 @@ import pytest
 
 from marketstream import store
 from marketstream.decode import decode_records
-from marketstream.store import NO_SIGNATURE, RunMetrics, StoreUnavailable, TickWriter, signature
+from marketstream.errors import StoreUnavailable
+from marketstream.store import NO_SIGNATURE, RunMetrics, open_writer, signature
 from marketstream.ticks import generate_ticks
 from support.factories import Record, batch_for, tick_table, write_store
 
@@ -20,7 +21,7 @@ SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "m.duckdb"
-    with TickWriter(path) as writer:
+    with open_writer(path) as writer:
         writer.write_batch(batch_for(generate_ticks(SYMBOLS, 50)).ticks)
     return path
 
@@ -35,7 +36,7 @@ def test_batch_lands_with_lineage(db):
 
 def test_writing_the_same_ticks_again_adds_nothing(db):
     ticks = generate_ticks(SYMBOLS, 50)
-    with TickWriter(db, hold=False) as writer:
+    with open_writer(db, hold=False) as writer:
         assert writer.write_batch(batch_for(ticks).ticks) == 0
         # the same ticks arriving at new offsets (the CSV produced twice) also dedupe
         assert writer.write_batch(batch_for(ticks, topic="other").ticks) == 0
@@ -48,7 +49,7 @@ def test_writing_the_same_ticks_again_adds_nothing(db):
 def test_duplicates_within_one_batch_are_collapsed(tmp_path):
     ticks = generate_ticks(("A",), 3)
     path = tmp_path / "d.duckdb"
-    with TickWriter(path) as writer:
+    with open_writer(path) as writer:
         assert writer.write_batch(batch_for(ticks + ticks).ticks) == 3
 
 
@@ -63,7 +64,7 @@ def test_dead_letters_are_stored_with_reason_and_raw_bytes(tmp_path):
     ]
     batch = decode_records(records, datetime.now(UTC))
     assert batch.ticks.num_rows == 2 and batch.dead.num_rows == 2
-    with TickWriter(path) as writer:
+    with open_writer(path) as writer:
         assert writer.write_batch(batch.ticks, batch.dead) == 2
         writer.write_batch(batch.ticks, batch.dead)  # replay: dead letters not doubled
     dead = store.dead_letters(path)
@@ -100,7 +101,7 @@ def test_candles_ohlc_and_vwap(db):
 
 def test_run_metrics_and_health(db):
     now = datetime(2025, 1, 1)
-    with TickWriter(db) as writer:
+    with open_writer(db) as writer:
         writer.record_run(RunMetrics("r1", "batch", "t", now, now, 1.0, 150, 150, 0, 2, now, 150.0))
     runs = store.pipeline_runs(db)
     assert runs.loc[0, "messages_processed"] == 150
@@ -184,13 +185,15 @@ def test_live_wide_window_matches_grouping_the_whole_table(
         extra = sum(40 for g in gaps if i >= g)
         shifted.append(type(t)(t.timestamp + timedelta(seconds=extra), t.symbol, t.price, t.volume))
     path = tmp_path / "w.duckdb"
-    with TickWriter(path) as writer:
+    with open_writer(path) as writer:
         writer.write_batch(batch_for(shifted).ticks)
     stamps = sorted({t.timestamp.replace(tzinfo=None) for t in shifted})
     since = None if since_index is None else stamps[since_index]
     until = None if until_index is None else stamps[until_index]
     with store.read_connection(path) as con:
-        whole = store.pivot_wide(con.execute(store._LIVE_SQL, [since, until, None, limit]).df())
+        whole = store.pivot_wide(
+            con.execute(store.reads._LIVE_SQL, [since, until, None, limit]).df()
+        )
     got = store.live_wide(path, limit=limit, since=since, until=until)
     assert got.equals(whole)
     inside = [s for s in stamps if (since is None or s > since) and (until is None or s <= until)]
@@ -208,7 +211,7 @@ def test_ingest_rate_counts_ticks_stored_in_the_last_window(tmp_path):
         generate_ticks(("A",), 40, seed=1), received_at=datetime(2025, 1, 1, tzinfo=UTC)
     )
     recent = batch_for(generate_ticks(("B",), 25, seed=2), topic="u")
-    with TickWriter(path, hold=False) as writer:  # lets the reads in between
+    with open_writer(path, hold=False) as writer:  # lets the reads in between
         writer.write_batch(old.ticks)
         assert store.health(path)["ingest_rate_per_s"] == 0.0  # nothing stored lately
         writer.write_batch(recent.ticks)
@@ -221,7 +224,7 @@ def test_a_kept_health_snapshot_follows_the_clock(tmp_path):
     """The API keeps the snapshot while the store is unchanged: its ingest rate must still
     fall to 0 once nothing is written, and its freshness must keep growing."""
     path = tmp_path / "snap.duckdb"
-    with TickWriter(path, hold=False) as writer:
+    with open_writer(path, hold=False) as writer:
         writer.write_batch(batch_for(generate_ticks(("A",), 30, seed=3)).ticks)
     snapshot = store.health_snapshot(path)
     now = datetime.now(UTC).replace(tzinfo=None)

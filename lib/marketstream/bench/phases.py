@@ -26,7 +26,7 @@ from marketstream import store
 from marketstream.bench.load import GENERATORS, run_wrk
 from marketstream.bench.plan import API_PATHS, READER_POLL_S, distribution
 from marketstream.bench.run import BenchRun
-from marketstream.errors import BenchError
+from marketstream.errors import BenchError, StoreUnavailable
 from marketstream.settings import Settings
 from marketstream.ticks import Tick
 
@@ -160,7 +160,7 @@ class FreshnessReader(threading.Thread):
                     rows = con.execute(sql, [newest]).fetchall()
                 visible = time.time()
                 self.polls += 1
-            except (store.StoreUnavailable, duckdb.Error):
+            except (StoreUnavailable, duckdb.Error):
                 rows = []
             for partition, offset, event_us, received_us, received in rows:
                 key = (partition, offset)

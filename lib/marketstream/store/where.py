@@ -1,0 +1,135 @@
+"""Which store the settings name, and the operations every caller uses whichever it is.
+
+A store is a :data:`Where`: a :class:`~pathlib.Path` (the DuckDB file) or a
+:class:`~marketstream.store.lake.Lake`. Callers get one from
+:func:`locate` and hand it to the store's functions; only this package
+looks inside it. :func:`owned_store` is the lake's counterpart of
+:func:`marketstream.broker.owned_broker`: with no catalog configured, the kit
+starts its own PostgreSQL server for the block of work and stops it after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from marketstream.errors import StoreUnavailable
+from marketstream.settings import Settings
+from marketstream.store import files, lake
+from marketstream.store.lake import Lake
+
+#: A store: the DuckDB file's path, or a lake.
+Where = Path | Lake
+
+#: What a writer of either backend offers (:class:`files.FileWriter`, :class:`lake.LakeWriter`).
+Writer = files.FileWriter | lake.LakeWriter
+
+
+def locate(settings: Settings) -> Where:
+    """The store the settings name (for a lake without a catalog: the kit's running server)."""
+    if settings.store == "duckdb":
+        return settings.db_path
+    catalog = settings.ducklake_catalog or _local_catalog(settings)
+    return Lake(lake.catalog_spec(catalog), settings.lake_data, lake.extension_dir())
+
+
+def _local_catalog(settings: Settings) -> str:
+    from marketstream.postgres import postgres_status
+
+    server = postgres_status(settings.postgres_home)
+    if server is None:
+        raise StoreUnavailable(
+            "MARKET_STORE=ducklake without MARKET_DUCKLAKE_CATALOG uses the kit's own "
+            f"PostgreSQL ({settings.postgres_home}), and it is not running: "
+            "`marketstream postgres up` starts it (the pipeline and live mode start it "
+            "themselves)"
+        )
+    return server.dsn()
+
+
+@contextmanager
+def owned_store(settings: Settings, *, keep: bool = False) -> Iterator[Settings]:
+    """The settings to use for a block of work, with the store ready (created if new).
+
+    For a lake without a catalog the kit's PostgreSQL is started unless it runs,
+    and the settings handed back name it (``ducklake_catalog``), so child
+    processes get it through :func:`marketstream.processes.child_env`; it is
+    stopped at the end if it was started here and ``keep`` is false.
+    """
+    started = False
+    if settings.store == "ducklake" and not settings.ducklake_catalog:
+        from marketstream.postgres import postgres_status, start_postgres
+
+        server = postgres_status(settings.postgres_home)
+        if server is None:
+            server = start_postgres(settings.postgres_home, settings.postgres_port or None)
+            started = True
+        settings = settings.with_(ducklake_catalog=server.dsn())
+    try:
+        init_store(locate(settings))
+        yield settings
+    finally:
+        if started and not keep:
+            from marketstream.postgres import stop_postgres
+
+            lake.forget_connections()
+            stop_postgres(settings.postgres_home)
+
+
+def describe(at: Where) -> str:
+    """The store for a person: the file's path, or the lake (no password)."""
+    return str(at) if isinstance(at, Path) else at.describe()
+
+
+def init_store(at: Where) -> None:
+    """Create the tables and views if missing (idempotent)."""
+    if isinstance(at, Path):
+        files.init_db(at)
+    else:
+        lake.init_lake(at)
+
+
+def exists(at: Where) -> bool:
+    """Whether anything has been stored there yet (a lake: whether its tables exist)."""
+    if isinstance(at, Path):
+        return at.exists()
+    with lake.read_connection(at) as con:
+        found = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
+            "AND table_name = 'market_ticks'",
+            [lake.ALIAS],
+        ).fetchone()
+    return bool(found and found[0])
+
+
+@contextmanager
+def read_connection(at: Where, timeout_s: float = 5.0) -> Iterator[Any]:
+    """A connection for reading: never a half-written batch, never a writer kept waiting."""
+    if isinstance(at, Path):
+        with files.read_connection(at, timeout_s=timeout_s) as con:
+            yield con
+    else:
+        with lake.read_connection(at) as con:
+            yield con
+
+
+def signature(at: Where) -> files.Signature:
+    """Equal signatures mean equal data (a file: stat of it and its WAL; a lake: its snapshot)."""
+    return files.signature(at) if isinstance(at, Path) else lake.signature(at)
+
+
+def open_writer(at: Where, *, hold: bool = True) -> Writer:
+    """A writer for this process (``hold``: keep the file open; a lake always keeps it)."""
+    if isinstance(at, Path):
+        return files.FileWriter(at, hold=hold)
+    return lake.LakeWriter(at)
+
+
+def remove_store(at: Where) -> None:
+    """Delete everything stored (for a fresh run): the file, or the lake's tables and files."""
+    if isinstance(at, Path):
+        files.remove_db(at)
+        return
+    lake.drop_lake(at)
