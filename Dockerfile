@@ -4,7 +4,7 @@
 #   docker build --build-arg EXTRAS=api -t marketstream-api .
 # (JupyterLab, the `lab` extra, is never in the image: only `make lab` uses it.)
 FROM python:3.11-slim
-ARG EXTRAS=api,voila
+ARG EXTRAS=api,voila,lake
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

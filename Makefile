@@ -6,8 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 N      ?= 1000000
 # Everything the targets need: the API and the Voila page (make live), JupyterLab (make lab),
-# the test tools (make test). `pip install .` alone is what make demo needs.
-EXTRAS ?= dev,api,voila,lab
+# the test tools (make test), DuckLake (MARKET_STORE=ducklake). `pip install .` alone is what
+# make demo needs.
+EXTRAS ?= dev,api,voila,lab,lake
 
 # Relative paths (data/, logs/, output/, .cache/kafka) and .env are taken from here, whatever
 # folder a command or a notebook kernel runs in (see README: Configuration).

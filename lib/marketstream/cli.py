@@ -30,6 +30,7 @@ from marketstream import __version__
 from marketstream.errors import (
     BrokerError,
     ConfirmationRefused,
+    ConsumeError,
     MarketstreamError,
     MissingExtra,
     ReplayError,
@@ -49,7 +50,11 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "bootstrap_servers",
         "topic",
         "consumer_group",
+        "consumers",
+        "store",
         "db_path",
+        "ducklake_catalog",
+        "ducklake_data",
         "batch_size",
         "idle_timeout_s",
         "isolation_level",
@@ -58,7 +63,11 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "bootstrap_servers",
         "topic",
         "consumer_group",
+        "consumers",
+        "store",
         "db_path",
+        "ducklake_catalog",
+        "ducklake_data",
         "csv_path",
         "output_dir",
         "symbols",
@@ -69,14 +78,30 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "bootstrap_servers",
         "topic",
         "consumer_group",
+        "consumers",
+        "store",
         "db_path",
+        "ducklake_catalog",
+        "ducklake_data",
         "csv_path",
         "symbols",
         "live_rate",
         "api_port",
         "voila_port",
     ),
-    "api": ("api_host", "api_port", "db_path", "api_cache_s", "api_stale_s"),
+    "api": (
+        "api_host",
+        "api_port",
+        "store",
+        "db_path",
+        "ducklake_catalog",
+        "ducklake_data",
+        "api_cache_s",
+        "api_stale_s",
+    ),
+    "stats": ("store", "db_path", "ducklake_catalog", "ducklake_data", "postgres_home"),
+    "upkeep": ("ducklake_catalog", "ducklake_data", "postgres_home"),
+    "postgres": ("postgres_home", "postgres_port"),
     "bench": ("bootstrap_servers", "symbols", "seed"),
     "soak": ("bootstrap_servers", "batch_size"),
 }
@@ -91,7 +116,11 @@ FLAGS = {
     "api_stale_s": "--api-stale",
 }
 #: ... and per verb: ``api --port`` is the API's, ``live --api-port`` (live has two servers).
-VERB_FLAGS = {"api": {"api_host": "--host", "api_port": "--port"}}
+VERB_FLAGS = {
+    "api": {"api_host": "--host", "api_port": "--port"},
+    "consume": {"consumers": "--workers"},
+    "postgres": {"postgres_port": "--port"},
+}
 
 _BY_NAME = {option.name: option for option in OPTIONS}
 _DEFAULTS = Settings()
@@ -286,21 +315,75 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
+    from marketstream import store
     from marketstream.consume import consume
+    from marketstream.workers import consume_all
 
     settings = _settings(args)
     _require_kafka(settings)
-    run = consume(
-        settings,
-        max_messages=args.max_messages,
-        stop=_stop_event(),
-        progress=not args.quiet,
-    )
+    if args.max_messages is not None and settings.consumers > 1:
+        raise ConsumeError("--max-messages counts one consumer's messages: use it with --workers 1")
+    with store.owned_store(settings) as settings:
+        if settings.consumers > 1:
+            run = consume_all(settings, progress=not args.quiet)
+        else:
+            run = consume(
+                settings,
+                max_messages=args.max_messages,
+                stop=_stop_event(),
+                progress=not args.quiet,
+            )
+        where = store.describe(store.locate(settings))
     print(
         f"consumed {run.messages_processed} messages: {run.rows_inserted} new rows, "
         f"{run.duplicates} already stored, {run.errors} dead letters, "
-        f"{run.throughput_per_s:,.0f} msg/s -> {settings.db_path}"
+        f"{run.throughput_per_s:,.0f} msg/s -> {where}"
     )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from marketstream import store
+
+    with store.owned_store(_settings(args)) as settings:
+        report = store.stats(store.locate(settings))
+    print(json.dumps(report, indent=2) if args.json else store.render_stats(report))
+    return 0
+
+
+def cmd_upkeep(args: argparse.Namespace) -> int:
+    from marketstream import store
+
+    settings = _settings(args).with_(store="ducklake")
+    with store.owned_store(settings) as settings:
+        done = store.upkeep(store.locate(settings), keep_snapshots_s=args.keep_snapshots)
+    print(
+        f"lake upkeep: {done.files_before} -> {done.files_after} data files, "
+        f"{done.snapshots_expired} snapshots expired, {done.files_deleted} old files deleted"
+    )
+    return 0
+
+
+def cmd_postgres(args: argparse.Namespace) -> int:
+    from marketstream.postgres import postgres_status, start_postgres, stop_postgres
+
+    settings = _settings(args)
+    if args.action == "up":
+        server = start_postgres(settings.postgres_home, settings.postgres_port or None, say=_say)
+        print(f"PostgreSQL on {server.host}:{server.port} (data {server.data_dir})")
+        print(f"export MARKET_DUCKLAKE_CATALOG='{server.dsn()}'")
+        return 0
+    if args.action == "down":
+        stopped = stop_postgres(settings.postgres_home)
+        print(
+            "PostgreSQL stopped" if stopped else "no PostgreSQL started by marketstream was running"
+        )
+        return 0
+    server = postgres_status(settings.postgres_home)
+    if server is None:
+        print(f"no PostgreSQL running from {settings.postgres_home}")
+        return 1
+    print(f"PostgreSQL on {server.host}:{server.port}, pid {server.pid} (data {server.data_dir})")
     return 0
 
 
@@ -431,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pacing(p, retime=True)
     _quiet(p)
 
-    p = verb("consume", "topic -> DuckDB until caught up", cmd_consume)
+    p = verb("consume", "topic -> the store until caught up", cmd_consume)
     p.add_argument("--max-messages", type=int, help="stop after this many (default: no limit)")
     _quiet(p)
 
@@ -464,6 +547,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer /live and /metrics in the original kit's shape (as /v0/live, /v0/metrics) "
         "for dashboards made for it (default: off)",
     )
+
+    p = verb(
+        "stats", "what the store holds: ticks, distinct ticks, dead letters, offsets", cmd_stats
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")
+
+    p = verb("upkeep", "DuckLake: merge small files, expire old snapshots", cmd_upkeep)
+    p.add_argument(
+        "--keep-snapshots",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="keep snapshots younger than S seconds (default: 60)",
+    )
+
+    p = verb(
+        "postgres", "start/stop/report the kit's own PostgreSQL (the lake's catalog)", cmd_postgres
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
 
     p = verb("bench", "benchmark the whole path", cmd_bench)
     p.add_argument("-n", type=int, default=1_000_000, help="ticks (default: 1,000,000)")

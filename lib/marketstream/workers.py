@@ -35,7 +35,7 @@ from pathlib import Path
 from marketstream.errors import ConsumeError, MarketstreamError
 from marketstream.processes import Child, child_env, start_child, stop_process_tree
 from marketstream.settings import Settings, home
-from marketstream.store import RunMetrics
+from marketstream.store import RunMetrics, init_store, locate
 
 #: The last line a worker prints: its run.
 RUN_MARKER = "RUN "
@@ -49,7 +49,13 @@ def worker_command(*, live: bool) -> list[str]:
 def start_workers(
     settings: Settings, count: int, *, live: bool, logs: Path | None = None
 ) -> list[Child]:
-    """Start ``count`` worker processes, each logging to ``consumer-<i>.log``."""
+    """Start ``count`` worker processes, each logging to ``consumer-<i>.log``.
+
+    The store is created here first, once: workers creating a new lake's catalog
+    at the same moment collide inside PostgreSQL (a duplicate-key error in
+    ``pg_type``, which DuckLake does not retry), and extensions are installed once.
+    """
+    init_store(locate(settings))
     env = child_env(settings)
     folder = logs or settings.log_path.parent
     children: list[Child] = []
