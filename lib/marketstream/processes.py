@@ -9,8 +9,8 @@ rules, once:
   :func:`child_env` from :meth:`Settings.to_env` (``Settings.from_env()`` in
   the child rebuilds them exactly, CLI overrides included);
 * a child runs in its own session (Ctrl-C reaches the parent, which stops
-  children in order) and, on Linux, gets SIGTERM if the parent dies, so even a
-  ``kill -9`` of the parent leaves nothing behind;
+  children in order) and, on Linux, gets SIGTERM (PostgreSQL: SIGINT) if the
+  parent dies, so even a ``kill -9`` of the parent leaves nothing behind;
 * stopping is SIGTERM, a grace period, then SIGKILL, for the process and then
   for whatever of its family (Voila's kernels) is left.
 """
@@ -126,11 +126,15 @@ def child_env(
 # --------------------------------------------------------------------------- start
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when this process dies.
 
     libc is loaded here, in the parent, so the child only makes one C call
-    between fork and exec (no imports, no Python locks).
+    between fork and exec (no imports, no Python locks). The kernel clears the
+    request when a process changes its user, so it must come after the switch
+    to ``user=``: it does, ``subprocess`` runs ``preexec_fn`` after ``setuid``.
+    Linux sends it when the *thread* that started the child ends, so a server
+    started from a short-lived thread dies with that thread.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -141,7 +145,7 @@ def parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, int(sig))
 
     return preexec
 
@@ -173,8 +177,12 @@ class Child:
         try:
             stop_process_tree(self.proc, family)
         finally:
-            if self._log is not None:
-                self._log.close()
+            self.close_log()
+
+    def close_log(self) -> None:
+        """Close this process's handle on the log (for a child stopped another way)."""
+        if self._log is not None:
+            self._log.close()
 
 
 def start_child(
@@ -185,10 +193,24 @@ def start_child(
     url: str = "",
     *,
     cwd: Path | None = None,
+    user: str | int | None = None,
+    group: str | int | None = None,
+    append: bool = False,
+    death_signal: int = signal.SIGTERM,
 ) -> Child:
-    """Start a server in its own session, output to ``log_path``, tied to this process's life."""
+    """Start a server in its own session, output to ``log_path``, tied to this process's life.
+
+    ``user``/``group`` (root only) run it as another user with no supplementary
+    groups: PostgreSQL refuses to run as root. ``append`` keeps the log of earlier
+    runs (a crashed server's last lines). ``death_signal`` is what it gets if this
+    process dies: SIGTERM, or e.g. SIGINT for PostgreSQL, whose SIGTERM waits for
+    every client to hang up.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
+    log = log_path.open("ab" if append else "wb")
+    as_user: dict[str, object] = {}
+    if user is not None:
+        as_user = {"user": user, "group": group, "extra_groups": []}
     try:
         proc = subprocess.Popen(
             list(cmd),
@@ -198,7 +220,8 @@ def start_child(
             env=dict(env),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=parent_death_signal(),  # one C call between fork and exec
+            preexec_fn=parent_death_signal(death_signal),  # one C call between fork and exec
+            **as_user,  # type: ignore[arg-type]
         )
     except BaseException:
         log.close()
