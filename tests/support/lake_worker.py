@@ -49,14 +49,20 @@ def hooks_for(stall_at: int, note: str) -> ConsumeHooks:
             with open(note, "a", encoding="utf-8") as out:
                 out.write(f"resumed {added}\n")
 
-    return ConsumeHooks(before_store_commit=before_store_commit, before_kafka_commit=before_kafka_commit)
+    return ConsumeHooks(
+        before_store_commit=before_store_commit, before_kafka_commit=before_kafka_commit
+    )
 
 
 def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    hooks = hooks_for(int(os.environ.get("STALL_AT", "0")), os.environ.get("WORKER_NOTE", os.devnull))
-    quick_group = functools.partial(KafkaConsumer, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    hooks = hooks_for(
+        int(os.environ.get("STALL_AT", "0")), os.environ.get("WORKER_NOTE", os.devnull)
+    )
+    quick_group = functools.partial(
+        KafkaConsumer, session_timeout_ms=6000, heartbeat_interval_ms=1000
+    )
     run = consume(
         Settings.from_env(),
         live=True,

@@ -13,6 +13,10 @@ Why it is built this way (each module holds the why of its part):
 - **Live figures in live mode** (:mod:`.phases`, :mod:`.load`): freshness with
   the real live consumer and paced producer; API latency on the real server
   with 100 concurrent keep-alive connections while that live ingest runs.
+- **Scaling** (:mod:`.scaling`, optional): 1, 2 and 3 consumer worker
+  processes per store on the same topic, against the same run's ceiling;
+  on by default from 100,000 ticks, chosen by ``scaling=`` or
+  ``$MARKET_BENCH_SCALING`` (0, 1, or stores: ``duckdb,ducklake``).
 
 The results go to ``bench/latest.json`` (keys documented in bench/README.md)
 with a plotly chart beside it (:mod:`.report`). :mod:`.soak` is the other
@@ -30,6 +34,7 @@ from marketstream.bench import phases
 from marketstream.bench.plan import REQUIRED_KEYS, TARGETS, Plan, distribution, percentile
 from marketstream.bench.report import format_table, summarize, write_chart, write_json
 from marketstream.bench.run import BenchRun
+from marketstream.bench.scaling import selected_stores
 from marketstream.errors import BenchError, SettingsError
 from marketstream.settings import Settings, home
 
@@ -55,8 +60,11 @@ def _output_path(output: str | Path) -> Path:
     return path if path.is_absolute() else home() / path
 
 
-def _run_phases(run: BenchRun, load_generator: str | None) -> dict[str, Any]:
-    """The six phases in order, on generated ticks; their raw figures by name."""
+def _run_phases(
+    run: BenchRun, load_generator: str | None, scaling: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The phases in order, on generated ticks; their raw figures by name
+    (``scaling``: the stores of the scaling phase, none to skip it)."""
     from marketstream.ticks import generate_ticks
 
     settings, n_ticks = run.settings, run.plan.n_ticks
@@ -70,6 +78,8 @@ def _run_phases(run: BenchRun, load_generator: str | None) -> dict[str, Any]:
     del ticks
     results["freshness"] = phases.freshness(run)
     results["api"] = phases.api(run, run.work / "consume-0.duckdb", load_generator)
+    if scaling:  # last: it reads the main topic again and starts its own PostgreSQL
+        results["scaling"] = phases.scaling(run, results["ceiling_consume"], scaling)
     return results
 
 
@@ -80,18 +90,22 @@ def run_bench(
     *,
     progress: bool = True,
     load_generator: str | None = None,
+    scaling: str | None = None,
 ) -> int:
     """Run every phase for ``n_ticks`` ticks, print the table, write JSON and chart; 0 if done.
 
     Targets missed are reported, not errors: the exit code says whether the
     benchmark ran, not whether the machine was fast enough. ``load_generator``
     is the API phase's ("wrk" or "python"; by default wrk if installed).
+    ``scaling`` selects the scaling phase ("0", "1", or stores such as "duckdb");
+    by default ``$MARKET_BENCH_SCALING``, else on from 100,000 ticks.
     """
     from marketstream import broker
 
     if n_ticks < MIN_TICKS:
         raise SettingsError(f"bench needs at least {MIN_TICKS:,} ticks, got {n_ticks:,}")
     phases.choose_generator(load_generator)  # fail before anything starts
+    scaling_stores = selected_stores(n_ticks, scaling)
     out = _output_path(output)
     plan = Plan.for_ticks(n_ticks)
     with (
@@ -100,7 +114,7 @@ def run_bench(
     ):
         run = BenchRun(settings, plan, Path(tmp), progress)
         try:
-            results = _run_phases(run, load_generator)
+            results = _run_phases(run, load_generator, scaling_stores)
         finally:
             run.cleanup()
         result = summarize(plan, settings, results)

@@ -10,6 +10,8 @@
    and the real paced producer (``live.produce_live``) at a fixed rate.
 6. ``api``: API latency on the real server (granian) with 100 concurrent
    keep-alive connections while that live ingest writes the same file.
+7. ``scaling`` (optional, :mod:`.scaling`): 1, 2 and 3 consumer worker
+   processes on each store reading the main topic, against phase 2's ceiling.
 """
 
 from __future__ import annotations
@@ -116,6 +118,14 @@ def end_to_end(run: BenchRun, ticks: list[Tick]) -> dict[str, Any]:
         "produce_rate": produced.rate,
         "consume": consumed,
     }
+
+
+def scaling(run: BenchRun, ceiling_consume: dict[str, Any], stores: tuple[str, ...]) -> dict:
+    """1, 2 and 3 workers per store on the main topic, against this run's client ceiling."""
+    from marketstream.bench import scaling as scale
+
+    ceiling = max(s["rate"] for s in ceiling_consume["ceiling"])
+    return scale.measure(run, ceiling, stores)
 
 
 # --------------------------------------------------------------------------- live

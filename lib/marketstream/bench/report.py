@@ -106,6 +106,8 @@ def summarize(plan: Plan, settings: Settings, phases: dict[str, Any]) -> dict[st
         "reader_poll_s": READER_POLL_S,
         "api_paths": list(API_PATHS),
     }
+    if "scaling" in phases:
+        result["scaling"] = phases["scaling"]
     result["machine"] = machine_info()
     result["versions"] = versions()
     result["taken_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -167,6 +169,10 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines = [head, ""]
     lines += [f"{a:<{width[0]}}  {b:<{width[1]}}  {c}".rstrip() for a, b, c in rows]
+    if result.get("scaling"):
+        from marketstream.bench.scaling import format_summary
+
+        lines += ["", format_summary(result["scaling"])]
     return "\n".join(lines)
 
 

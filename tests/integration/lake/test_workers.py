@@ -56,7 +56,9 @@ def produce(settings: Settings, per_symbol: int) -> list:
     return ticks
 
 
-def start_worker(settings: Settings, note: Path | None = None, stall_at: int = 0) -> subprocess.Popen:
+def start_worker(
+    settings: Settings, note: Path | None = None, stall_at: int = 0
+) -> subprocess.Popen:
     extra = {"STALL_AT": str(stall_at), "WORKER_NOTE": str(note or os.devnull)}
     return subprocess.Popen(
         [sys.executable, str(LAKE_WORKER)],
@@ -162,9 +164,7 @@ def test_a_stalled_worker_that_wakes_up_adds_no_duplicate(lake_settings, tmp_pat
             lambda: counts(settings) == (len(ticks), len(BAD)), timeout_s=180, what="all stored"
         )
         os.kill(zombie.pid, signal.SIGCONT)  # it commits the batch it held all along
-        wait_until(
-            lambda: "resumed" in note.read_text(), timeout_s=60, what="the zombie's commit"
-        )
+        wait_until(lambda: "resumed" in note.read_text(), timeout_s=60, what="the zombie's commit")
         time.sleep(2)  # let it poll on: a second write would show in the counts below
     finally:
         stop_all(procs)
