@@ -201,7 +201,8 @@ def confirm_fresh(
     )
     if not interactive:
         raise ConfirmationRefused(f"{what}; pass --yes to delete it")
-    answer = ask(f"{what}, and {settings.db_path}. Delete them? [y/N] ")
+    stored = settings.db_path if settings.store == "duckdb" else "the lake's tables"
+    answer = ask(f"{what}, and {stored}. Delete them? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         raise ConfirmationRefused(f"{what}: not confirmed, nothing deleted")
 
@@ -519,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet(p)
 
     p = verb("pipeline", "run notebooks 01-04 with papermill", cmd_pipeline)
-    p.add_argument("--fresh", action="store_true", help="delete the topic and DuckDB file first")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete the topic and the stored ticks first"
+    )
     p.add_argument(
         "--yes",
         action="store_true",

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata
 from tqdm.auto import tqdm
 
@@ -78,6 +84,18 @@ LIVE_WRITE_GAP_S = 0.1
 #: interval behind kafka-python's parsing on the main thread; at 5 ms that made the
 #: writer, not Kafka, the bottleneck (measured: +30% consume rate at 0.2 ms).
 GIL_SWITCH_INTERVAL_S = 0.0002
+
+
+#: A Kafka commit refused because the group has moved on: the partitions belong to
+#: another member now, or are being handed out (kafka-python raises
+#: ``RebalanceInProgressError`` for a commit during a rebalance: seen in the bench
+#: with 3 workers, where it ended a worker until it was caught here).
+MOVED_ON = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
 
 
 # --------------------------------------------------------------------------- policy and hooks
@@ -160,7 +178,7 @@ class Checkpoint:
             self.consumer.commit(
                 {tp: OffsetAndMetadata(o, "", -1) for tp, o in batch.offsets.items()}
             )
-        except CommitFailedError:
+        except MOVED_ON:
             # The group moved these partitions to another worker while this batch was
             # being stored (a rebalance, or this worker stalled past its session
             # timeout). The batch is in the store; its new owner starts from the last
@@ -369,7 +387,11 @@ def consume(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
     consumer = clients.consumer(settings)
-    writer = open_writer(locate(settings), hold=policy.hold_store)
+    # One of several workers must let go of a DuckDB file between batches, or it would
+    # keep the file's lock for its whole run and the others would wait outside the
+    # group, never sharing the partitions (the bench's scaling phase found that).
+    hold = policy.hold_store and settings.consumers == 1
+    writer = open_writer(locate(settings), hold=hold)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)
     loop = _Loop(settings, policy, consumer, Checkpoint(consumer, writer, hooks), bar, log, run_id)
     status = "ok"

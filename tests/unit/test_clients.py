@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 from kafka.partitioner import DefaultPartitioner
 
-from marketstream.clients import DEFAULT_CLIENTS, KeyCachingPartitioner
+from marketstream.clients import (
+    DEFAULT_CLIENTS,
+    KeyCachingPartitioner,
+    SpreadPartitioner,
+    partitioner_for,
+)
 from marketstream.processes import free_port
+from marketstream.settings import DEFAULT_SYMBOLS, Settings
 from support.fakes import plain_settings
 
 
@@ -43,3 +49,34 @@ def test_key_caching_partitioner_agrees_with_the_default(partitions):
     for key in keys:
         args = ("t", key, key, b"v", b"v", cluster)
         assert cached.partition(*args) == default.partition(*args)
+
+
+def test_murmur2_leaves_a_partition_empty_with_the_default_symbols() -> None:
+    """Why the kit spreads: the default symbols hash to partitions {1, 1, 2} of 3."""
+    default, cluster = DefaultPartitioner(), _Cluster(3)
+    placed = sorted(
+        default.partition("t", s.encode(), s.encode(), b"", b"", cluster) for s in DEFAULT_SYMBOLS
+    )
+    assert placed == [1, 1, 2]
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 5])
+def test_spread_partitioner_gives_each_symbol_one_partition_in_turn(partitions) -> None:
+    symbols = ("SP500", "STOXX600", "NIKKEI225", "DAX")
+    spread, default, cluster = (
+        SpreadPartitioner(symbols),
+        DefaultPartitioner(),
+        _Cluster(partitions),
+    )
+    for i, symbol in enumerate(symbols * 2):  # the same symbol: the same partition, every time
+        key = symbol.encode()
+        assert spread.partition("t", key, key, b"", b"", cluster) == i % len(symbols) % partitions
+    other = b"UNKNOWN"  # a key the settings do not list: Kafka's default placement
+    assert spread.partition("t", other, other, b"", b"", cluster) == default.partition(
+        "t", other, other, b"", b"", cluster
+    )
+
+
+def test_the_partitioner_setting_picks_the_partitioner() -> None:
+    assert type(partitioner_for(Settings(partitioner="spread"))) is SpreadPartitioner
+    assert type(partitioner_for(Settings(partitioner="murmur2"))) is KeyCachingPartitioner

@@ -13,7 +13,7 @@ from marketstream.decode import decode_records
 from marketstream.errors import StoreUnavailable
 from marketstream.store import NO_SIGNATURE, RunMetrics, open_writer, signature
 from marketstream.ticks import generate_ticks
-from support.factories import Record, batch_for, tick_table, write_store
+from support.factories import Record, batch_for, dead_table, tick_table, write_store
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 
@@ -232,3 +232,18 @@ def test_a_kept_health_snapshot_follows_the_clock(tmp_path):
     later = snapshot.at(now + timedelta(seconds=store.INGEST_WINDOW_S + 1))
     assert later["ingest_rate_per_s"] == 0.0
     assert later["freshness_s"] > snapshot.at(now)["freshness_s"] + store.INGEST_WINDOW_S
+
+
+def test_stats_counts_ticks_distinct_ticks_dead_letters_and_offsets_per_partition(tmp_path) -> None:
+    path = tmp_path / "s.duckdb"
+    assert store.stats(path)["ticks"] == 0  # no file yet: zeros, not an error
+    ticks = generate_ticks(("SP500",), 5, seed=1)
+    dead = dead_table(("t", 0, 9, None, b"x", "not valid UTF-8 JSON", datetime(2026, 1, 1)))
+    write_store(path, ticks, dead=dead)
+    report = store.stats(path)
+    assert (report["store"], report["ticks"], report["distinct_ticks"]) == ("duckdb", 5, 5)
+    assert report["dead_letters"] == 1
+    assert report["partitions"] == [
+        {"topic": "t", "partition": 0, "max_offset": 9, "ticks": 5, "dead_letters": 1}
+    ]
+    assert "distinct ticks  5" in store.render_stats(report)

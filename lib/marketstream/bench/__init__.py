@@ -108,6 +108,7 @@ def run_bench(
     scaling_stores = selected_stores(n_ticks, scaling)
     out = _output_path(output)
     plan = Plan.for_ticks(n_ticks)
+    load_start = [round(x, 2) for x in os.getloadavg()]  # summarize() runs at the end
     with (
         broker.owned_broker(settings, say=print if progress else None) as owned,
         tempfile.TemporaryDirectory(prefix="marketstream-bench-") as tmp,
@@ -119,6 +120,7 @@ def run_bench(
             run.cleanup()
         result = summarize(plan, settings, results)
         result["broker_started_by_bench"] = owned.started
+    result["machine"]["load_average_start"] = load_start
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["chart"] = write_chart(result, out.with_suffix(".html"))
     write_json(result, out)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from marketstream.bench.plan import distribution, met
+from marketstream.errors import BenchError
 
 #: Worker counts of the table.
 WORKER_COUNTS = (1, 2, 3)
@@ -60,6 +61,8 @@ PER_WORKER_TARGET = 0.90
 TWO_WORKER_TARGET = 1.30
 #: Live seconds per row for the freshness column (after a warm-up of the plan's).
 LIVE_S = 5.0
+#: A row whose workers failed is run again this many times (fresh group and store).
+ATTEMPTS = 2
 #: A row's workers must all be done within this.
 ROW_TIMEOUT_S = 1800.0
 
@@ -139,6 +142,12 @@ def row(
     }
 
 
+def failed_row(store: str, workers: int, failures: Sequence[str]) -> dict[str, Any]:
+    """A row whose every attempt failed: no figures (NaN), the errors kept."""
+    empty = row(store, [], ceiling_rate=0.0, stored=0, span_s=0.0, span_messages=0, wall_s=0.0)
+    return empty | {"workers": workers, "failed": True, "failed_attempts": list(failures)}
+
+
 def verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The targets per store: every worker of every row >= 90 % of the ceiling, and
     2 workers' aggregate >= 1.3x the ceiling."""
@@ -187,6 +196,8 @@ COLUMNS = (
 
 def table_cells(r: dict[str, Any]) -> tuple[str, ...]:
     """A row's cells, as :data:`COLUMNS` names them."""
+    if r.get("failed"):
+        return (r["store"], str(r["workers"]), "failed", *("-" * (len(COLUMNS) - 3)))
     return (
         r["store"],
         str(r["workers"]),
@@ -430,7 +441,27 @@ def _rows_for_store(
             }
         settings = run.settings_for("main", **overrides)
         say(f"scaling: {store_name}, {n} worker{'s' if n > 1 else ''}")
-        workers, figures = _throughput(run, settings, n, label)
+        failures: list[str] = []
+        while True:
+            try:
+                workers, figures = _throughput(run, settings, n, label)
+                break
+            except BenchError as exc:  # e.g. a commit refused in a rebalance: noted, retried
+                failures.append(str(exc)[:400])
+                if len(failures) > ATTEMPTS:
+                    break
+                say(f"scaling: {label} failed ({str(exc)[:120]}); again on a fresh group and store")
+                label = f"{label}-again{len(failures)}"
+                overrides["consumer_group"] = f"bench-{run.run_id}-{label}"
+                overrides["db_path"] = run.work / f"{label}.duckdb"
+                if new_catalog is not None:
+                    overrides["ducklake_catalog"] = new_catalog()
+                    overrides["ducklake_data"] = str(run.work / f"{label}-lake")
+                settings = run.settings_for("main", **overrides)
+        if len(failures) > ATTEMPTS:  # the row says so; the bench goes on
+            say(f"scaling: {label} failed {len(failures)} times; row left empty")
+            rows.append(failed_row(store_name, n, failures))
+            continue
         if new_catalog is not None:  # the live run gets its own lake
             settings = settings.with_(
                 ducklake_catalog=new_catalog(), ducklake_data=str(run.work / f"{label}-live-lake")
@@ -438,7 +469,10 @@ def _rows_for_store(
         else:
             settings = settings.with_(db_path=run.work / f"{label}-live.duckdb")
         fresh = _live_freshness(run, settings.with_(topic=f"{settings.topic}-{label}"), n, label)
-        rows.append(row(store_name, workers, ceiling_rate=ceiling, freshness_s=fresh, **figures))
+        rows.append(
+            row(store_name, workers, ceiling_rate=ceiling, freshness_s=fresh, **figures)
+            | {"failed_attempts": failures}
+        )
         if new_catalog is None:
             from marketstream import store
 

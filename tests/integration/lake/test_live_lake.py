@@ -1,0 +1,39 @@
+"""``marketstream live --consumers 2`` on DuckLake: two worker processes share the stream."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from marketstream import store
+from support.live import live_cli
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_stray_children")
+
+
+def test_live_mode_with_two_consumer_workers_on_the_lake(lake_settings) -> None:
+    duration = 20.0
+    with live_cli(
+        lake_settings, "--no-api", "--no-voila", "--consumers", "2", "--duration", str(duration)
+    ) as live:
+        wait_until(
+            lambda: live.proc.poll() is not None,
+            duration + 90,
+            "live mode to end after its duration",
+            interval_s=0.5,
+            context=live.output,
+        )
+        assert live.proc.wait() == 0, live.output()
+    assert not live.leftovers
+    produced = int(re.findall(r"produced (\d+)", live.output())[-1])
+    at = store.locate(lake_settings)
+    report = store.stats(at)
+    assert 0 < report["ticks"] <= produced
+    assert report["distinct_ticks"] == report["ticks"]  # nothing stored twice
+    assert len(report["partitions"]) == 3
+    runs = store.pipeline_runs(at)
+    assert list(runs["mode"]) == ["live", "live"]  # one row per worker process
+    assert all(runs["rows_inserted"] > 0), runs  # both had partitions to do
+    assert int(runs["rows_inserted"].sum()) == report["ticks"]
