@@ -26,9 +26,10 @@ writer at a time); a DuckDB-file catalog is one process only.
   a shared table would make every two workers' commits collide (measured:
   updating two different rows of one table conflicts).
 * *The tick identity* ``(symbol, event_time)``: a batch is inserted with an
-  anti-join against the ticks already stored in its event-time range (the
-  range lets DuckLake skip every Parquet file outside it by its min/max
-  statistics), so a re-produced file adds nothing either. Two workers can only
+  anti-join against the ticks already stored for its symbols in its event-time
+  range (both let DuckLake skip every Parquet file outside them by its min/max
+  statistics: with the spread partitioner a batch file holds one symbol), so a
+  re-produced file adds nothing either. Two workers can only
   race on this check for a symbol written to two partitions (a producer with
   another partitioner; README, "Scale-out").
 
@@ -225,10 +226,12 @@ def init_lake(lake: Lake) -> None:
     con = connect(lake)
     try:
         for attempt in range(MAX_FENCE_ATTEMPTS):
-            try:
-                con.execute(LAKE_SCHEMA)
+            try:  # one transaction: a reader never sees some of the tables without the rest
+                con.execute(f"BEGIN TRANSACTION; {LAKE_SCHEMA}; COMMIT")
                 return
             except duckdb.Error as exc:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 if attempt + 1 == MAX_FENCE_ATTEMPTS or not _retryable(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -255,11 +258,11 @@ def read_connection(lake: Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     writer (DuckLake readers take no locks). A broken catalog connection (the
     server restarted) is dropped, so the next read attaches again.
     """
-    with _shared_lock:
+    with _shared_lock:  # the API's threads share the connection; each gets its own cursor
         con = _shared.get(lake)
         if con is None:
             con = _shared[lake] = connect(lake)
-    cursor = con.cursor()
+        cursor = con.cursor()
     try:
         cursor.execute(f"USE {ALIAS}")
         yield cursor
@@ -300,11 +303,9 @@ def fence_table(topic: str, partition: int) -> str:
     return f"fence_{safe}_p{partition}_{zlib.crc32(topic.encode()):08x}"
 
 
-def _read_fences(
-    con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, int]]
-) -> dict[tuple[str, int], int | None]:
-    found: dict[tuple[str, int], int | None] = {}
-    existing = {
+def _fence_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The fence tables the lake has (a catalog listing: ~15 ms, so writers cache it)."""
+    return {
         r[0]
         for r in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
@@ -312,9 +313,20 @@ def _read_fences(
             [ALIAS],
         ).fetchall()
     }
+
+
+def _read_fences(
+    con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, int]], known: set[str]
+) -> dict[tuple[str, int], int | None]:
+    """Each partition's fence (``None``: no table yet). ``known`` caches which tables
+    exist; it is refreshed when a partition's table is not in it (another writer may
+    have created it since), and a fence table is never dropped while writers run."""
+    if any(fence_table(*tp) not in known for tp in partitions):
+        known |= _fence_tables(con)
+    found: dict[tuple[str, int], int | None] = {}
     for tp in partitions:
         table = fence_table(*tp)
-        if table in existing:
+        if table in known:
             row = con.execute(f"SELECT max(next_offset) FROM {table}").fetchone()
             found[tp] = None if row is None or row[0] is None else int(row[0])
         else:
@@ -339,12 +351,7 @@ def _below_fences(table: pa.Table, fences: Mapping[tuple[str, int], int | None])
 def stored_offsets(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], int]:
     """Every fence's next offset: what the lake has stored of each topic-partition."""
     out: dict[tuple[str, int], int] = {}
-    tables = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-        "AND table_name LIKE 'fence_%'",
-        [ALIAS],
-    ).fetchall()
-    for (table,) in tables:
+    for table in sorted(_fence_tables(con)):
         row = con.execute(
             f'SELECT topic, "partition", max(next_offset) FROM {table} GROUP BY ALL'
         ).fetchone()
@@ -360,7 +367,8 @@ _INSERT_TICKS = """
     FROM (SELECT * FROM tick_batch
           QUALIFY row_number() OVER (PARTITION BY symbol, event_time ORDER BY "offset") = 1) b
     ANTI JOIN (SELECT symbol, event_time FROM market_ticks
-               WHERE event_time BETWEEN ? AND ?) s
+               WHERE event_time BETWEEN ? AND ?
+                 AND symbol IN ({marks})) s
           ON s.symbol = b.symbol AND s.event_time = b.event_time
 """
 
@@ -382,6 +390,7 @@ class LakeWriter:
         self._con: duckdb.DuckDBPyConnection | None = connect(lake)
         #: commits lost to another writer of the same partition (then retried)
         self.conflicts = 0
+        self._fences: set[str] = set()
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -423,13 +432,15 @@ class LakeWriter:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            fences = _read_fences(con, list(offsets))
+            fences = _read_fences(con, list(offsets), self._fences)
             added = 0
             ticks = _below_fences(ticks, fences)
             if ticks.num_rows:
                 lo, hi = pc.min_max(ticks["event_time"]).values()
+                symbols = pc.unique(ticks["symbol"]).to_pylist()
                 con.register("tick_batch", ticks)
-                added = con.execute(_INSERT_TICKS, [lo.as_py(), hi.as_py()]).fetchall()[0][0]
+                sql = _INSERT_TICKS.format(marks=", ".join("?" for _ in symbols))
+                added = con.execute(sql, [lo.as_py(), hi.as_py(), *symbols]).fetchall()[0][0]
                 con.unregister("tick_batch")
             if dead is not None and dead.num_rows:
                 dead = _below_fences(dead, fences)

@@ -42,7 +42,11 @@ BAD = [raw_json("{not json"), b"\xff\xfe", raw_json('{"symbol": "X"}')]
 
 
 def produce(settings: Settings, per_symbol: int) -> list:
-    """Ticks spread over the topic's 3 partitions, plus the bad messages (one per partition)."""
+    """Ticks spread over the topic's 3 partitions, plus the bad messages (one per partition).
+
+    The lake is created first, as ``start_workers`` does before it starts workers.
+    """
+    store.init_store(store.locate(settings))
     ensure_topic(settings)
     ticks = generate_ticks(SYMBOLS, per_symbol, seed=7)
     produce_ticks(ticks, settings, progress=False)
