@@ -15,7 +15,7 @@ EXTRAS ?= dev,api,voila,lab,lake
 export MARKETSTREAM_HOME ?= $(CURDIR)
 
 .PHONY: help setup demo test lint format live bench soak lab broker-up broker-down broker-status \
-        cluster cluster-down clean distclean
+        cluster cluster-down pictures clean distclean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / { printf "make %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -70,6 +70,12 @@ cluster: setup ## a local 3-node Kafka cluster (ports 9092-9094)
 
 cluster-down: setup ## stop the local cluster
 	$(BIN)/marketstream broker down
+
+# The README's pictures (docs/images/) from a fresh demo run: its own temporary broker, stores
+# and topics, headless Chromium; the Grafana ones are renders of the dashboard JSON
+# (tools/pictures.py says how each is made). ~1.5 minutes.
+pictures: setup ## regenerate the README's pictures in docs/images/ from a fresh demo run
+	$(BIN)/python tools/pictures.py
 
 # What the kit made while running: stop a local broker, then delete its outputs.
 CLEAN := output logs data/*.duckdb data/*.duckdb.wal data/*.csv bench/latest.json \

@@ -247,13 +247,29 @@ class LivePage:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen_at = time.monotonic()
+        self._new_view = False
         self.figure.observe(self._on_frontend, names=list(_FRONTEND_TRAITS))
+        self.figure.observe(self._on_view_count, names=["_view_count"])
 
     # ------------------------------------------------------------------ frontend
 
     def _on_frontend(self, change: dict[str, Any]) -> None:
         if change["new"]:
             self._seen_at = time.monotonic()
+
+    def _on_view_count(self, change: dict[str, Any]) -> None:
+        """A browser view of the figure appeared: the next draw sends it everything.
+
+        plotly syncs a FigureWidget's traces to the browser once, as built (empty
+        here), and each later change only as an update message to the views there
+        are. The first refreshes run while Voila is still sending the page, before
+        its view exists, so that view starts empty; a stream that keeps ticking fills
+        it at the next tick, but a page opened after a replay's last tick (live mode
+        stays up after it) kept empty charts for good. ipywidgets counts the views
+        (plotly turns the count on) and tells the kernel when it changes.
+        """
+        if (change["new"] or 0) > (change["old"] or 0):
+            self._new_view = True
 
     @property
     def orphaned(self) -> bool:
@@ -290,11 +306,25 @@ class LivePage:
         (trace,) = self.traces("freshness")
         trace.x, trace.y = list(xs), list(ys)
 
+    def _clear_series(self) -> None:
+        """Empty the series and the table, so the next draw sends them whole: plotly sends
+        only what changed, and setting a trace to the data it holds sends nothing."""
+        with self.figure.batch_update():
+            for trace in [*self.traces("price"), *self.traces("volume")]:
+                trace.x, trace.y = [], []
+            (table,) = self.traces("stats")
+            table.cells.values = [[] for _ in STATS_COLUMNS]
+        self._newest_drawn = None
+
     def draw(self, snapshot: Snapshot) -> None:
         """Put a snapshot on the page, as one update message for the whole figure.
 
-        Series and table are only re-sent when new ticks arrived.
+        Series and table are only re-sent when new ticks arrived, or when a browser
+        view appeared since the last draw (:meth:`_on_view_count`).
         """
+        if self._new_view:
+            self._new_view = False
+            self._clear_series()
         with self.figure.batch_update():
             if snapshot.newest != self._newest_drawn:
                 self._draw_series(snapshot.wide)

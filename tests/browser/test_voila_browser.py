@@ -1,5 +1,6 @@
 """The Voila live page in a real headless Chromium: the charts render, new points arrive
-without a reload, and a screenshot is kept in ``test-artifacts/voila.png``.
+without a reload, and a screenshot is kept in ``test-artifacts/voila.png``; a page opened
+after a paced replay has ended still shows the replay.
 
 Live mode (producer, consumer and Voila) runs as ``marketstream live --no-api`` on the
 session's broker; Chromium is Debian's, driven by Debian's chromedriver through Selenium.
@@ -19,6 +20,7 @@ import pytest
 from marketstream import store
 from marketstream.processes import free_port
 from marketstream.settings import PROJECT_ROOT
+from marketstream.ticks import generate_ticks, write_csv
 from support.live import live_cli
 from support.processes import GRACE_S, alive, kill_all
 from support.waiting import wait_until
@@ -162,3 +164,40 @@ def test_voila_live_page_updates_in_place(fresh, browser):
         f"{[t['n'] for t in later]}; freshness samples {freshness['n']}; status: {status}; "
         f"screenshot {Path(shot)}"
     )
+
+
+def test_a_page_opened_after_a_replay_ended_shows_it(fresh, browser):
+    """``live --csv --pace`` stays up after the file's last tick; a page opened then must
+    show the replay. It used to keep empty charts: its first refreshes ran before the
+    page's view existed, and with no new tick nothing was sent again (see
+    ``LivePage._on_view_count``)."""
+    ticks = generate_ticks(fresh.symbols, 20, seed=fresh.seed)  # 19 s of event time
+    write_csv(ticks, fresh.csv_path)
+    settings = fresh.with_(voila_port=free_port())
+    with live_cli(settings, "--no-api", "--pace", "--speed", "20") as live:
+        wait_until(
+            lambda: "replay of" in live.output() and "Ctrl-C stops everything" in live.output(),
+            START_S,
+            "the replay to end with Voila up",
+            died=live.gone,
+            context=live.output,
+        )
+        wait_until(
+            lambda: store.tick_count(settings.db_path) == len(ticks),
+            START_S,
+            "every tick of the replay in DuckDB",
+            died=live.gone,
+            context=live.output,
+        )
+        browser.get(f"http://127.0.0.1:{settings.voila_port}/")
+        prices = wait_until(
+            lambda: [t for t in read_traces(browser, "price") if t["n"] > 0],
+            START_S,
+            "the price chart to show the ended replay",
+            interval_s=0.5,
+        )
+        assert sorted(t["name"] for t in prices) == sorted(settings.symbols)
+        (table,) = read_traces(browser, "stats")
+        assert sorted(table["cells"][0]) == sorted(settings.symbols)
+        assert [int(n) for n in table["cells"][1]] == [20] * len(settings.symbols)
+    assert not live.leftovers, f"still running after Ctrl-C: {live.leftovers}"

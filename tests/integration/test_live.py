@@ -1,7 +1,7 @@
 """``marketstream live`` end to end on a real broker: rows arrive at the configured rate,
-one Ctrl-C stops every process it started, a server that cannot start stops the rest,
-and the API stays correct under a few thousand concurrent requests while the live
-consumer writes.
+a CSV replayed with ``--pace`` is stored whole at its pace, one Ctrl-C stops every
+process it started, a server that cannot start stops the rest, and the API stays
+correct under a few thousand concurrent requests while the live consumer writes.
 
 Live mode runs as the real CLI in a subprocess (:mod:`support.live`): DuckDB forbids
 one process from holding a file read-write (the live consumer) and read-only (this
@@ -15,8 +15,10 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import orjson
@@ -24,7 +26,11 @@ import psutil
 import pytest
 
 from marketstream import store
+from marketstream.clients import DEFAULT_CLIENTS
+from marketstream.decode import decode_value
 from marketstream.processes import free_port, port_open
+from marketstream.settings import Settings
+from marketstream.ticks import generate_ticks, write_csv
 from support.live import live_cli
 from support.processes import GRACE_S, alive
 from support.waiting import wait_until
@@ -84,6 +90,110 @@ def test_live_mode_end_to_end(fresh):
     )
     runs = store.pipeline_runs(fresh.db_path)
     assert runs.iloc[0]["mode"] == "live" and runs.iloc[0]["rows_inserted"] == len(ticks)
+
+
+#: ``live --csv --pace`` speed: the demo CSV's 49 s of event time in about 2 s.
+REPLAY_SPEED = 25.0
+#: How far a Kafka CreateTime (whole ms, from the wall clock) may read before the due time
+#: the replay stamped from the monotonic clock: the ms truncation, plus the two clocks
+#: drifting apart by at most NTP's 500 ppm slew over a replay of a few seconds.
+CLOCKS_DIFFER_S = 0.005
+
+
+def topic_records(settings: Settings, count: int) -> list[Any]:
+    """Every record of the test's topic (``count`` of them), read by a group of its own,
+    so the live consumer's offsets are left alone."""
+    reader = DEFAULT_CLIENTS.consumer(settings.with_(consumer_group=f"{settings.topic}-reader"))
+    records: list[Any] = []
+    try:
+
+        def read_all() -> bool:
+            for batch in reader.poll(timeout_ms=500).values():
+                records.extend(batch)
+            return len(records) >= count
+
+        wait_until(read_all, START_S, f"{count} records in {settings.topic}")
+    finally:
+        reader.close()
+    return records
+
+
+def test_live_mode_replays_a_csv_whole_and_at_its_pace(fresh):
+    """``marketstream live --csv F --pace --speed 25`` on the demo CSV with two bad rows in
+    it: every valid tick is stored exactly once (retimed, prices and volumes as in the
+    file), the bad rows are named, no tick left before its due time, and one Ctrl-C
+    stops it with nothing left running.
+
+    Pacing is checked against its own rule, not a stopwatch: the replay stamps each tick
+    with its due time (first tick's wall time + event-time offset / speed) and never sends
+    it earlier, so each record's Kafka CreateTime (the producer's wall clock at the send)
+    is at or after the stamp in its message, and the last one went out at least the
+    file's span / speed after the first was due. Sent all at once, the 150 ticks would
+    leave within a few ms of the first. Lateness is allowed: a loaded machine only sends
+    later (a replay that falls behind shifts the rest, which widens the gaps)."""
+    demo = generate_ticks(fresh.symbols, fresh.ticks_per_symbol, seed=fresh.seed)
+    csv_path = fresh.csv_path.with_name("demo.csv")  # passed as --csv, not via settings
+    write_csv(demo, csv_path)
+    lines = csv_path.read_text().splitlines()
+    lines.insert(20, "2025-01-06T14:30:06Z,SP500,not-a-price,10")  # line 21 of the file
+    lines.insert(90, "2025-01-06T14:30:29Z,DAX,-5,10")  # line 91
+    csv_path.write_text("\n".join(lines) + "\n")
+    span_s = (demo[-1].timestamp - demo[0].timestamp).total_seconds()
+    args = ("--no-api", "--no-voila", "--csv", str(csv_path), "--pace")
+    with live_cli(fresh, *args, "--speed", f"{REPLAY_SPEED:g}") as live:
+        wait_until(
+            lambda: "replay of" in live.output(),
+            START_S,
+            "the replay to reach the end of the file",
+            died=live.gone,
+            context=live.output,
+        )
+        wait_until(
+            lambda: store.tick_count(fresh.db_path) >= len(demo),
+            START_S,
+            f"all {len(demo)} valid ticks in DuckDB",
+            died=live.gone,
+            context=live.output,
+        )
+        records = topic_records(fresh, len(demo))
+        live.proc.send_signal(signal.SIGINT)
+        assert live.proc.wait(timeout=60) == 0, live.output()
+    assert not live.leftovers, live.leftovers
+    out = live.output()
+    assert f"replaying {csv_path} at 25x event-time speed" in out
+    assert f"sent {len(demo)} ticks (0 failed, 2 bad rows skipped)" in out
+    assert "line 21: price 'not-a-price' is not a number" in out
+    assert "line 91: price -5.0 must be a positive finite number" in out
+    assert "live stopped after" in out
+
+    stored = store.ticks(fresh.db_path)
+    assert len(stored) == len(demo)  # once each: nothing more arrived after the wait
+    as_filed = Counter((t.symbol, t.price, t.volume) for t in demo)
+    assert Counter(zip(stored["symbol"], stored["price"], stored["volume"], strict=True)) == (
+        as_filed
+    )
+    assert store.dead_letters(fresh.db_path).empty  # bad rows never reach the topic
+    (run,) = store.pipeline_runs(fresh.db_path).itertuples()
+    assert (run.mode, run.rows_inserted, run.duplicates, run.errors) == ("live", len(demo), 0, 0)
+
+    # what went through Kafka: each message's stamp (its due time) and when it was sent
+    assert {r.timestamp_type for r in records} == {0}  # CreateTime: the producer's clock
+    sent = [(decode_value(r.value), r.timestamp / 1000) for r in records]
+    stamps = {(tick.symbol, tick.timestamp.replace(tzinfo=None)) for tick, _ in sent}
+    in_store = zip(stored["symbol"], stored["event_time"].dt.to_pydatetime(), strict=True)
+    assert stamps == set(in_store)  # the store holds the retimed ticks the topic carried
+    first_due = min(tick.timestamp for tick, _ in sent)
+    assert first_due > datetime.now(UTC) - timedelta(hours=1)  # retimed: now, not 2025
+    early = [
+        (tick.symbol, tick.timestamp, at)
+        for tick, at in sent
+        if tick.timestamp.timestamp() - at > CLOCKS_DIFFER_S
+    ]
+    assert not early, f"sent before they were due: {early[:5]}"
+    paced_s = max(at for _, at in sent) - first_due.timestamp()
+    rule_s = span_s / REPLAY_SPEED
+    print(f"\nreplay: the last tick left {paced_s:.3f}s after the first was due (>= {rule_s:.3f}s)")
+    assert paced_s >= rule_s - CLOCKS_DIFFER_S
 
 
 def test_ctrl_c_stops_every_process_it_started(fresh):

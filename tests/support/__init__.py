@@ -7,5 +7,6 @@
 * :mod:`support.api`: the Flask app on a store file, and reading its JSON;
 * :mod:`support.bad_messages`: every kind of message that must become a dead letter;
 * :mod:`support.live`: ``marketstream live`` in a subprocess (integration and browser tests);
+* :mod:`support.tools`: the scripts under ``tools/`` as modules (``load_tool``);
 * ``crash_consumer.py``: a script, the consumer with a SIGKILL at a named step.
 """

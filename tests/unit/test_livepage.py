@@ -58,6 +58,44 @@ def test_live_page_refreshes_on_the_running_event_loop(tmp_path):
     assert [len(t.x) for t in page.traces("price")] == [10] * 3
 
 
+def test_a_browser_view_that_appears_later_is_sent_the_series(tmp_path):
+    """plotly sends a FigureWidget's browser views only what changed, and the first
+    refreshes run before Voila's page has its view. A view that appears after the last new
+    tick (a page opened once a replay has ended) still gets the series and the table at the
+    next refresh, whole. ``_view_count`` is what ipywidgets' frontend sets when it shows a
+    view of the widget; the messages are what plotly sends the views."""
+    settings = Settings().with_(db_path=tmp_path / "m.duckdb", symbols=SYMBOLS)
+    write_store(settings.db_path, recent_ticks(SYMBOLS, 20), hold=False)
+    page = LivePage(settings, window_s=60, refresh_s=0.1)
+    sent: list[dict] = []
+    page.figure.observe(
+        lambda change: change["new"] and sent.append(change["new"]), names=["_py2js_update"]
+    )
+    series = [i for i, trace in enumerate(page.figure.data) if trace.meta in ("price", "volume")]
+    (table,) = [i for i, trace in enumerate(page.figure.data) if trace.meta == "stats"]
+
+    def last_sent() -> tuple[list[int], list[str]] | None:
+        """Points per series and the table's symbols, as the last message that carried the
+        series sent them (None: no message did)."""
+        carrying = [m for m in sent if set(series) <= set(m["style_traces"])]
+        if not carrying:
+            return None
+        message = carrying[-1]
+        data = {
+            key: dict(zip(message["style_traces"], values, strict=True))
+            for key, values in message["style_data"].items()
+        }
+        return [len(data["x"][i]) for i in series], data["cells.values"][table][0]
+
+    assert page.refresh() and last_sent() == ([20] * 6, sorted(SYMBOLS))
+    sent.clear()
+    assert page.refresh() and last_sent() is None  # no new tick: only the freshness goes
+    page.figure._view_count = 1  # a page opened: its view starts from the figure as built
+    assert page.refresh() and last_sent() == ([20] * 6, sorted(SYMBOLS))
+    sent.clear()
+    assert page.refresh() and last_sent() is None
+
+
 def test_status_bar_escapes_errors():
     text = status_html(None, 2.0, error="<script>x</script>")
     assert "<script>" not in text and "&lt;script&gt;" in text
