@@ -77,17 +77,20 @@ cluster-down: setup ## stop the local cluster
 pictures: setup ## regenerate the README's pictures in docs/images/ from a fresh demo run
 	$(BIN)/python tools/pictures.py
 
-# What the kit made while running: stop a local broker, then delete its outputs.
-CLEAN := output logs data/*.duckdb data/*.duckdb.wal data/*.csv bench/latest.json \
-         bench/latest.html bench/profile* test-artifacts .pytest_cache
+# What the kit made while running: stop a local broker and PostgreSQL, then delete its outputs
+# (the lake's Parquet files and its catalog, the kit's PostgreSQL data, go together).
+CLEAN := output logs data/*.duckdb data/*.duckdb.wal data/*.csv data/lake .cache/postgres \
+         bench/latest.json bench/latest.html bench/profile* test-artifacts .pytest_cache
 # What it fetched or keeps between runs: the Kafka jars and the local brokers' data
-# (MARKETSTREAM_KAFKA_HOME's default), the wheel test's downloaded wheels.
-DISTCLEAN := .cache/kafka .cache/wheels
+# (MARKETSTREAM_KAFKA_HOME's default), DuckDB's extensions (copied from their wheels), the
+# wheel test's downloaded wheels.
+DISTCLEAN := .cache/kafka .cache/wheels .cache/duckdb-extensions
 
-clean: ## stop a local broker; delete data/, logs/, output/, bench results, test artifacts
+clean: ## stop the local broker and PostgreSQL; delete data/ (and the lake), logs/, output/, bench results
 	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream broker down; fi
+	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream postgres down; fi
 	rm -rf $(CLEAN)
 
-distclean: clean ## also delete the Kafka jars, the local brokers' data and cached wheels
+distclean: clean ## also delete the Kafka jars, the local brokers' data, DuckDB extensions, cached wheels
 	@echo "deleting $(DISTCLEAN) (the Kafka jars are fetched again on the next run, ~45 MB)"
 	rm -rf $(DISTCLEAN)

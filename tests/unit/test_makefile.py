@@ -55,9 +55,13 @@ def test_clean_deletes_what_the_kit_made_and_keeps_the_caches():
         "data/*.csv",
         "bench/latest.json",
         "test-artifacts",
+        "data/lake",
+        ".cache/postgres",  # the lake's catalog goes with its Parquet files
     ):
         assert made in commands
-    assert ".cache" not in commands and ".venv" not in commands.replace(".venv/bin", "")
+    assert "postgres down" in commands and "broker down" in commands
+    kept = commands.replace(".cache/postgres", "")
+    assert ".cache" not in kept and ".venv" not in commands.replace(".venv/bin", "")
 
 
 def test_distclean_says_it_drops_the_jars_and_the_broker_data():
