@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 #: The settings each verb takes as options; every other one comes from the environment
 #: (or .env) only. Secrets are never options: a command line is visible in ``ps``.
 VERB_SETTINGS: dict[str, tuple[str, ...]] = {
-    "broker": ("bootstrap_servers", "kafka_home", "kafka_version"),
+    "broker": ("bootstrap_servers", "kafka_home", "kafka_version", "topic"),
     "generate": ("csv_path", "symbols", "ticks_per_symbol", "seed"),
     "produce": ("bootstrap_servers", "topic", "csv_path", "partitions", "compression"),
     "consume": (
@@ -257,11 +257,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(json.dumps(found.to_dict(), indent=2) if args.json else found.describe())
         return 0
     status = broker.broker_status(settings)
+    counts = _partition_counts(settings) if status.reachable else None
     if args.json:
-        print(json.dumps(cluster.broker_status_dict(status), indent=2))
+        print(json.dumps({**cluster.broker_status_dict(status), "partitions": counts}, indent=2))
     else:
         print(status.describe())
+        if counts is not None:
+            spread = ", ".join(f"{p}: {n:,}" for p, n in counts.items())
+            print(f"  topic {settings.topic}, messages per partition: {spread}")
     return 0
+
+
+def _partition_counts(settings: Settings) -> dict[int, int] | None:
+    """The topic's messages per partition (``None`` without a topic, or if Kafka says no)."""
+    from marketstream.produce import partition_counts
+
+    try:
+        return partition_counts(settings)
+    except Exception:  # a status report never fails on this extra line
+        return None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

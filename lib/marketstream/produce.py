@@ -45,6 +45,7 @@ from kafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
+from kafka.structs import TopicPartition
 from tqdm.auto import tqdm
 
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
@@ -272,6 +273,24 @@ def _topic_has_metadata(settings: Settings, clients: KafkaClients) -> bool:
         return bool(consumer.partitions_for_topic(settings.topic))
     except KafkaError:
         return False
+    finally:
+        with contextlib.suppress(Exception):
+            consumer.close()
+
+
+def partition_counts(
+    settings: Settings, clients: KafkaClients = DEFAULT_CLIENTS
+) -> dict[int, int] | None:
+    """Messages in each partition of the topic (end minus beginning offset; ``None``: no
+    topic). What ``broker status`` shows, so a user sees whether the keys spread."""
+    consumer = clients.consumer(settings, subscribe=False)
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
+        ends, starts = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        return {tp.partition: ends[tp] - starts[tp] for tp in tps}
     finally:
         with contextlib.suppress(Exception):
             consumer.close()

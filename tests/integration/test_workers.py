@@ -36,6 +36,8 @@ def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:
     ensure_topic(settings)
     ticks = generate_ticks(settings.symbols, 5000, seed=11)
     produce_ticks(ticks, settings, progress=False)
+    status = cli(settings, "broker", "status").stdout  # the topic's spread, before any consumer
+    assert "messages per partition: 0: 5,000, 1: 5,000, 2: 5,000" in status
     out = cli(settings, "consume", "--workers", "3", "-q")
     assert f"consumed {len(ticks)} messages: {len(ticks)} new rows" in out.stdout
     report = json.loads(cli(settings, "stats", "--json").stdout)
