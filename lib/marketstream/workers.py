@@ -33,12 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from marketstream.errors import ConsumeError, MarketstreamError
-from marketstream.processes import Child, child_env, start_child, stop_process_tree
+from marketstream.processes import Child, child_env, start_child
 from marketstream.settings import Settings, home
-from marketstream.store import RunMetrics, init_store, locate
+from marketstream.store import RunMetrics, init_store, locate, relay
 
 #: The last line a worker prints: its run.
 RUN_MARKER = "RUN "
+
+#: The name of the writer process workers on one DuckDB file share (:mod:`.store.relay`).
+WRITER_NAME = "store-writer"
 
 
 def worker_command(*, live: bool) -> list[str]:
@@ -56,10 +59,23 @@ def start_workers(
     ``pg_type``, which DuckLake does not retry), and extensions are installed once.
     """
     init_store(locate(settings))
-    env = child_env(settings)
     folder = logs or settings.log_path.parent
     children: list[Child] = []
+    extra: dict[str, str] = {}
     try:
+        if settings.store == "duckdb" and count > 1:  # one writer process for the file
+            address, key = relay.new_address(settings.db_path)
+            extra = {relay.ADDRESS_ENV: address, relay.KEY_ENV: key}
+            writer = start_child(
+                WRITER_NAME,
+                relay.relay_command(hold=not live),
+                child_env(settings, extra),
+                folder / "store-writer.log",
+                cwd=home(),
+            )
+            children.append(writer)
+            relay.wait_listening(address, writer.alive)
+        env = child_env(settings, extra)
         for i in range(1, count + 1):
             children.append(
                 start_child(
@@ -129,30 +145,32 @@ def consume_all(settings: Settings, *, progress: bool = True) -> RunMetrics:
         return consume(settings, progress=progress)
     started_at = datetime.now(UTC)
     children = start_workers(settings, settings.consumers, live=False)
+    consumers = [c for c in children if c.name != WRITER_NAME]
     try:
-        for child in children:
+        for child in consumers:
             child.proc.wait()
     finally:
-        for child in children:
-            child.stop()
-    failed = [c for c in children if c.proc.returncode != 0]
+        stop_workers(children)  # the writer process last: it waits for its workers
+    failed = [c for c in children if c.proc.returncode not in (0, None)]
     if failed:
         child = failed[0]
         raise ConsumeError(
             f"{child.name} exited with {child.proc.returncode}: {child.log_tail()} "
             f"(log {child.log_path})"
         )
-    runs = [run for run in map(worker_run, children) if run is not None]
+    runs = [run for run in map(worker_run, consumers) if run is not None]
     return combined_run(runs, started_at, "batch")
 
 
 def stop_workers(children: Sequence[Child]) -> None:
-    """SIGTERM all (each finishes its batch), then wait for each."""
-    for child in children:
+    """SIGTERM the workers (each finishes its batch) and wait; then the writer process,
+    which closes the file once they have hung up."""
+    consumers = [c for c in children if c.name != WRITER_NAME]
+    for child in consumers:
         if child.alive():
             child.proc.terminate()
-    for child in children:
-        stop_process_tree(child.proc)
+    for child in [*consumers, *(c for c in children if c.name == WRITER_NAME)]:
+        child.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""Several consumer workers on the DuckDB file: they take turns on its lock, one batch each.
+"""Several consumer workers on the DuckDB file: they share one writer process.
 
 ``marketstream consume --workers 3`` on a real broker, into one DuckDB file,
 ends with every tick stored once and the store's per-partition counts showing
-that the three workers had a partition each to do (the spread partitioner).
+a partition for each worker (the spread partitioner); live mode with two
+workers writes through the same writer process while a reader reads.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import sys
 
 import pytest
 
+from marketstream import store
 from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
+from support.live import live_cli
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
 
@@ -46,3 +50,28 @@ def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:
     assert [p["ticks"] for p in report["partitions"]] == [5000, 5000, 5000]
     again = cli(settings, "consume", "--workers", "3", "-q")  # nothing new: nothing added
     assert "consumed 0 messages" in again.stdout
+
+
+def test_live_mode_with_two_workers_shares_one_duckdb_file(fresh) -> None:
+    """``live --consumers 2`` on the file: both workers store through one writer process,
+    and the API reads the file meanwhile (the writer lets go between batches)."""
+    duration = 15.0
+    with live_cli(
+        fresh, "--no-api", "--no-voila", "--consumers", "2", "--duration", str(duration)
+    ) as live:
+        seen: list[int] = []
+        wait_until(
+            lambda: seen.append(store.tick_count(fresh.db_path)) or live.proc.poll() is not None,
+            duration + 90,
+            "live mode to end after its duration",
+            interval_s=0.5,
+            context=live.output,
+        )
+        assert live.proc.wait() == 0, live.output()
+    assert not live.leftovers
+    assert len({n for n in seen if n > 0}) >= 3  # read while the workers wrote
+    report = store.stats(fresh.db_path)
+    assert report["ticks"] > 0 and report["distinct_ticks"] == report["ticks"]
+    runs = store.pipeline_runs(fresh.db_path)
+    assert list(runs["mode"]) == ["live", "live"] and all(runs["rows_inserted"] > 0), runs
+    assert int(runs["rows_inserted"].sum()) == report["ticks"]

@@ -10,6 +10,7 @@ starts its own PostgreSQL server for the block of work and stops it after.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,14 +18,14 @@ from typing import Any
 
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import Settings
-from marketstream.store import files, lake
+from marketstream.store import files, lake, relay
 from marketstream.store.lake import Lake
 
 #: A store: the DuckDB file's path, or a lake.
 Where = Path | Lake
 
 #: What a writer of either backend offers (:class:`files.FileWriter`, :class:`lake.LakeWriter`).
-Writer = files.FileWriter | lake.LakeWriter
+Writer = files.FileWriter | lake.LakeWriter | relay.RelayWriter
 
 
 def locate(settings: Settings) -> Where:
@@ -121,8 +122,16 @@ def signature(at: Where) -> files.Signature:
 
 
 def open_writer(at: Where, *, hold: bool = True) -> Writer:
-    """A writer for this process (``hold``: keep the file open; a lake always keeps it)."""
+    """A writer for this process (``hold``: keep the file open; a lake always keeps it).
+
+    A consumer worker among several on one DuckDB file finds the writer process
+    they share in its environment (set by :func:`marketstream.workers.start_workers`)
+    and writes through it (:mod:`marketstream.store.relay`).
+    """
     if isinstance(at, Path):
+        address = os.environ.get(relay.ADDRESS_ENV)
+        if address:
+            return relay.RelayWriter(address, os.environ.get(relay.KEY_ENV, ""))
         return files.FileWriter(at, hold=hold)
     return lake.LakeWriter(at)
 
