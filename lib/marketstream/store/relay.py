@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ class RelayWriter:
     def __init__(self, address: str, key: str) -> None:
         try:
             self._conn: Connection | None = Client(address, family="AF_UNIX", authkey=key.encode())
+        except AuthenticationError:
+            raise StoreUnavailable(
+                f"the store's writer process at {address} refused this process's key"
+            ) from None
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot reach the store's writer process at {address}: {exc}"
@@ -164,7 +169,10 @@ def serve(db_path: Path, address: str, key: str, *, hold: bool) -> None:
     served: list[threading.Thread] = []
     try:
         while True:
-            conn = listener.accept()
+            try:
+                conn = listener.accept()
+            except AuthenticationError:  # not one of ours: refused, and the others go on
+                continue
             thread = threading.Thread(target=_serve_one, args=(conn, writer, lock), daemon=True)
             thread.start()
             served.append(thread)

@@ -18,14 +18,14 @@ from typing import Any
 
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import Settings
-from marketstream.store import files, lake, relay
+from marketstream.store import files, lake
 from marketstream.store.lake import Lake
 
 #: A store: the DuckDB file's path, or a lake.
 Where = Path | Lake
 
 #: What a writer of either backend offers (:class:`files.FileWriter`, :class:`lake.LakeWriter`).
-Writer = files.FileWriter | lake.LakeWriter | relay.RelayWriter
+Writer = files.FileWriter | lake.LakeWriter | Any  # Any: relay.RelayWriter (imported late)
 
 
 def locate(settings: Settings) -> Where:
@@ -129,6 +129,10 @@ def open_writer(at: Where, *, hold: bool = True) -> Writer:
     and writes through it (:mod:`marketstream.store.relay`).
     """
     if isinstance(at, Path):
+        # Imported here, not above: ``python -m marketstream.store.relay`` must find the
+        # module not yet imported by this package (runpy warns otherwise).
+        from marketstream.store import relay
+
         address = os.environ.get(relay.ADDRESS_ENV)
         if address:
             return relay.RelayWriter(address, os.environ.get(relay.KEY_ENV, ""))
