@@ -387,9 +387,9 @@ def consume(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
     consumer = clients.consumer(settings)
-    # One of several workers must let go of a DuckDB file between batches, or it would
-    # keep the file's lock for its whole run and the others would wait outside the
-    # group, never sharing the partitions (the bench's scaling phase found that).
+    # A consumer among several (without the writer process they normally share) must
+    # let go of a DuckDB file between batches, or it would keep the file's lock for its
+    # whole run while the others wait outside the group (the bench found that).
     hold = policy.hold_store and settings.consumers == 1
     writer = open_writer(locate(settings), hold=hold)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)

@@ -9,10 +9,12 @@ others.
 
 Exactly-once holds across workers because each worker commits to the store
 first and to Kafka after, and the store skips what a replay brings again,
-whoever replays it: the DuckDB file by its primary keys (workers take turns
-on the file's lock, one batch each), the lake by its partition fences
-(:mod:`marketstream.store.lake`). A worker whose partitions moved away while
-it was storing a batch finds its Kafka commit refused and carries on.
+whoever replays it: the DuckDB file by its primary keys, the lake by its
+partition fences (:mod:`marketstream.store.lake`). On the DuckDB file, which
+allows one writing process, the workers hand their decoded batches to one
+writer process that holds it (:mod:`marketstream.store.relay`). A worker whose
+partitions moved away while it was storing a batch finds its Kafka commit
+refused and carries on.
 
 A worker prints its run as one ``RUN {json}`` line at the end; the parent
 adds them up (:func:`consume_all`).

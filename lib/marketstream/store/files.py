@@ -5,8 +5,8 @@ consumer therefore either holds the file for a whole batch run (nobody reads
 then), or, in live mode, opens it per micro-batch and lets go in between;
 readers open it read-only and retry briefly when the writer holds the lock
 (:func:`read_connection`), so a user never sees a lock error. Several consumer
-workers share the file the same way: each opens it per batch and waits its
-turn for the lock, and the primary keys skip whatever a replay brings twice.
+workers share the file through one writer process (:mod:`.relay`), which is
+the file's only writer.
 """
 
 from __future__ import annotations
