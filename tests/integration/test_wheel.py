@@ -137,7 +137,7 @@ def test_the_installed_wheel_runs_the_pipeline_in_its_working_directory(
     started = time.perf_counter()
     pipeline = run([marketstream, "pipeline", "-q"], env=env, cwd=work)
     timings["pipeline"] = time.perf_counter() - started
-    assert "rows in DuckDB   : 150" in pipeline.stdout
+    assert "rows stored      : 150" in pipeline.stdout
 
     db = work / "data" / "market_data.duckdb"
     assert store.tick_count(db) == 150
