@@ -311,7 +311,7 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
     """N batch workers to completion on a fresh group and store; (workers, span/wall)."""
     from marketstream import store
     from marketstream.errors import BenchError
-    from marketstream.workers import start_workers, worker_run
+    from marketstream.workers import WRITER_NAME, start_workers, worker_run
 
     logs = run.work / label
     logs.mkdir(parents=True, exist_ok=True)
@@ -319,10 +319,15 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
     started = time.time()
     children = start_workers(settings, n, live=False, logs=logs)
     run.servers.extend(children)  # stopped at cleanup whatever fails
-    reaped = _reap(children, ROW_TIMEOUT_S)
+    consumers = [c for c in children if c.name != WRITER_NAME]
+    reaped = _reap(consumers, ROW_TIMEOUT_S)
     wall = max(end for end, _ in reaped.values()) - started
+    writer_rss_mb = None
+    for writer in (c for c in children if c.name == WRITER_NAME):  # the file's writer process
+        writer.proc.terminate()  # it closes the file once the workers have hung up
+        writer_rss_mb = _reap([writer], ROW_TIMEOUT_S)[writer.proc.pid][1].ru_maxrss / 1024
     workers = []
-    for child in children:
+    for child in consumers:
         child.close_log()
         metrics = worker_run(child)
         if child.proc.returncode != 0 or metrics is None:
@@ -346,6 +351,7 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
         "span_s": span,
         "span_messages": span_messages,
         "wall_s": wall,
+        "writer_peak_rss_mb": writer_rss_mb,
     }
 
 
@@ -469,9 +475,10 @@ def _rows_for_store(
         else:
             settings = settings.with_(db_path=run.work / f"{label}-live.duckdb")
         fresh = _live_freshness(run, settings.with_(topic=f"{settings.topic}-{label}"), n, label)
+        writer_rss = figures.pop("writer_peak_rss_mb", None)
         rows.append(
             row(store_name, workers, ceiling_rate=ceiling, freshness_s=fresh, **figures)
-            | {"failed_attempts": failures}
+            | {"failed_attempts": failures, "writer_peak_rss_mb": writer_rss}
         )
         if new_catalog is None:
             from marketstream import store
