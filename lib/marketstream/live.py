@@ -37,7 +37,7 @@ from marketstream.processes import Child, child_env, port_open, process_family, 
 from marketstream.settings import Settings, home
 from marketstream.store import describe, init_store, locate, owned_store, tick_count, upkeep
 from marketstream.ticks import CsvProblem, Tick
-from marketstream.workers import start_workers
+from marketstream.workers import WRITER_NAME, start_workers
 
 #: The Voila page served by live mode (shipped in the package: :mod:`marketstream.resources`).
 LIVE_NOTEBOOK = resources.notebook("05_live")
@@ -450,6 +450,11 @@ def _shutdown(workers: Sequence[_Worker], children: Sequence[Child], stop: threa
     parent-death signal).
     """
     stop.set()
+    # The file's writer process goes last: its consumer workers store their last batch
+    # and their run row through it while they stop (with it stopped at once, CI lost
+    # both run rows once).
+    writers = [child for child in children if child.name == WRITER_NAME]
+    children = [child for child in children if child.name != WRITER_NAME]
     families = [process_family(child.proc) for child in children]
     for child in children:
         if child.alive():
@@ -458,6 +463,8 @@ def _shutdown(workers: Sequence[_Worker], children: Sequence[Child], stop: threa
         worker.join(timeout=30)
     for child, family in zip(children, families, strict=True):
         child.stop(family)
+    for writer in writers:
+        writer.stop()
 
 
 def run_live(

@@ -87,6 +87,8 @@ def test_more_than_the_cluster_holds_is_capped_and_said(on_cluster: Settings) ->
     wide = on_cluster.with_(replication_factor=5, min_insync_replicas=4)
     heard: list[str] = []
     assert ensure_topic(wide, say=heard.append) is True
+    # the new topic's config reaches every broker a moment after its creation (seen in CI)
+    wait_until(lambda: _known(wide) is not None, 30, "the topic's config")
     assert replication(wide) == ([3, 3, 3], "3")
     assert heard == [replication_plan(wide, 3).capped]
     assert "replication factor 3, not KAFKA_REPLICATION_FACTOR=5: the cluster has 3" in heard[0]
@@ -121,6 +123,7 @@ def test_the_pipeline_runs_on_the_cluster(on_cluster: Settings) -> None:
     summary = run_pipeline(on_cluster, progress=False)
     assert summary.rows == 150
     assert summary.broker_started is False  # the cluster answered: nothing started
+    wait_until(lambda: _known(on_cluster) is not None, 30, "the topic's config")
     assert replication(on_cluster) == ([3, 3, 3], "2")
     assert store_counts(on_cluster.db_path) == (150, 150, 150)
     again = run_pipeline(on_cluster, progress=False)  # same seed, same ticks: stored once
