@@ -40,6 +40,9 @@ from marketstream.settings import OPTIONS, Option, Settings, default_text
 if TYPE_CHECKING:
     from marketstream.pacing import Pace
 
+#: Where the ticks are kept: what every verb that reads or writes the store takes.
+STORE_SETTINGS = ("store", "db_path", "ducklake_catalog", "ducklake_data")
+
 #: The settings each verb takes as options; every other one comes from the environment
 #: (or .env) only. Secrets are never options: a command line is visible in ``ps``.
 VERB_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -51,10 +54,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "topic",
         "consumer_group",
         "consumers",
-        "store",
-        "db_path",
-        "ducklake_catalog",
-        "ducklake_data",
+        *STORE_SETTINGS,
         "batch_size",
         "idle_timeout_s",
         "isolation_level",
@@ -64,10 +64,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "topic",
         "consumer_group",
         "consumers",
-        "store",
-        "db_path",
-        "ducklake_catalog",
-        "ducklake_data",
+        *STORE_SETTINGS,
         "csv_path",
         "output_dir",
         "symbols",
@@ -79,10 +76,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "topic",
         "consumer_group",
         "consumers",
-        "store",
-        "db_path",
-        "ducklake_catalog",
-        "ducklake_data",
+        *STORE_SETTINGS,
         "csv_path",
         "symbols",
         "live_rate",
@@ -92,14 +86,11 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
     "api": (
         "api_host",
         "api_port",
-        "store",
-        "db_path",
-        "ducklake_catalog",
-        "ducklake_data",
+        *STORE_SETTINGS,
         "api_cache_s",
         "api_stale_s",
     ),
-    "stats": ("store", "db_path", "ducklake_catalog", "ducklake_data", "postgres_home"),
+    "stats": (*STORE_SETTINGS, "postgres_home"),
     "upkeep": ("ducklake_catalog", "ducklake_data", "postgres_home"),
     "postgres": ("postgres_home", "postgres_port"),
     "bench": ("bootstrap_servers", "symbols", "seed"),

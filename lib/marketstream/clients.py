@@ -129,11 +129,19 @@ class KeyCachingPartitioner(DefaultPartitioner):
         cache_key = (topic, bytes(serialized_key), len(partitions))  # type: ignore[arg-type]
         found = self._cache.get(cache_key)
         if found is None or found not in partitions:
-            found = super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            found = self.place(cache_key[1], partitions)
+            if found is None:
+                found = super().partition(
+                    topic, key, serialized_key, value, serialized_value, cluster
+                )
             if len(self._cache) >= self.MAX_KEYS:
                 self._cache.clear()
             self._cache[cache_key] = found
         return found
+
+    def place(self, key: bytes, partitions: set[int]) -> int | None:
+        """A key's partition when first seen (``None``: Kafka's murmur2, as here)."""
+        return None
 
 
 class SpreadPartitioner(KeyCachingPartitioner):
@@ -154,22 +162,11 @@ class SpreadPartitioner(KeyCachingPartitioner):
         super().__init__()
         self._slots = {symbol.encode(): i for i, symbol in enumerate(symbols)}
 
-    def partition(
-        self,
-        topic: str,
-        key: Any,
-        serialized_key: bytes | None,
-        value: Any,
-        serialized_value: bytes | None,
-        cluster: Any,
-    ) -> int:
-        """Symbol ``i`` to the ``i``-th partition (mod their count); others by murmur2."""
-        slot = self._slots.get(bytes(serialized_key)) if serialized_key is not None else None
-        if slot is not None:
-            partitions = sorted(cluster.partitions_for_topic(topic) or ())
-            if partitions:
-                return partitions[slot % len(partitions)]
-        return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+    def place(self, key: bytes, partitions: set[int]) -> int | None:
+        """Symbol ``i`` to the ``i``-th partition (mod their count); others by murmur2.
+        Asked once per key and partition count: the answer is cached like murmur2's."""
+        slot = self._slots.get(key)
+        return None if slot is None else sorted(partitions)[slot % len(partitions)]
 
 
 def partitioner_for(settings: Settings) -> KeyCachingPartitioner:

@@ -355,7 +355,7 @@ def describe_urls(settings: Settings, children: Sequence[Child]) -> list[str]:
                 f"  Grafana: its Infinity datasource reads the API; set "
                 f"MARKETSTREAM_API_URL={child.url} (or `docker compose up grafana`)"
             )
-        else:
+        elif child.url:  # consumer workers and the store's writer have none
             lines.append(f"  {child.name:<6} {child.url}")
     return lines
 

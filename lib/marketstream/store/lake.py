@@ -74,8 +74,6 @@ _EXTENSIONS = {"ducklake": "ducklake", "postgres": "postgres_scanner", "sqlite":
 #: zombie test one retry sufficed; 20 covers many workers piling onto one partition.
 MAX_FENCE_ATTEMPTS = 20
 
-#: Markers of DuckLake's "someone else committed this table first" errors.
-_CONFLICT_MARKERS = ("transaction conflict", "conflict")
 
 _install_lock = threading.Lock()
 
@@ -216,9 +214,7 @@ def _unreachable(lake: Lake, exc: Exception) -> str:
 
 def is_conflict(exc: Exception) -> bool:
     """True for DuckLake's "another transaction committed this table first"."""
-    return isinstance(exc, duckdb.TransactionException) and any(
-        marker in str(exc).lower() for marker in _CONFLICT_MARKERS
-    )
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
 
 
 def init_lake(lake: Lake) -> None:
@@ -240,8 +236,8 @@ def init_lake(lake: Lake) -> None:
 
 
 def _retryable(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return is_conflict(exc) or "already exists" in text or "conflict" in text
+    text = str(exc).lower()  # creating tables: any error naming a conflict or a twin
+    return "conflict" in text or "already exists" in text
 
 
 # ------------------------------------------------------------------------------ readers
