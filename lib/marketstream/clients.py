@@ -245,13 +245,21 @@ class KafkaClients:
             self.producer_class, settings, {**producer_config(settings), **overrides}
         )
 
-    def consumer(self, settings: Settings, *, subscribe: bool = True, **overrides: object) -> Any:
-        """A group consumer of ``settings.topic`` (see :func:`consumer_config`)."""
+    def consumer(
+        self,
+        settings: Settings,
+        *,
+        subscribe: bool = True,
+        listener: Any = None,
+        **overrides: object,
+    ) -> Any:
+        """A group consumer of ``settings.topic`` (see :func:`consumer_config`);
+        ``listener`` (a ``ConsumerRebalanceListener``) hears its partitions move."""
         consumer = self._build(
             self.consumer_class, settings, {**consumer_config(settings), **overrides}
         )
         if subscribe:
-            consumer.subscribe([settings.topic])
+            consumer.subscribe([settings.topic], listener=listener)
         return consumer
 
     def admin(self, settings: Settings, **overrides: object) -> Any:

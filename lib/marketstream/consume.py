@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -352,6 +353,29 @@ class _Loop:
         self.executor.shutdown(wait=True)
 
 
+class PartitionLog(ConsumerRebalanceListener):
+    """Logs ``partitions_assigned`` / ``partitions_revoked`` with the run's id.
+
+    With several workers in a group, which one holds which partition is what
+    explains a worker that stored nothing (it joined after a short topic was read,
+    or a rebalance was still under way when a short live run ended).
+    """
+
+    def __init__(self, log: Any, run_id: str) -> None:
+        self.log = log
+        self.run_id = run_id
+
+    def _say(self, event: str, partitions: Any) -> None:
+        numbers = sorted(tp.partition for tp in partitions)
+        self.log.info(event, extra={"run_id": self.run_id, "partitions": numbers})
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._say("partitions_revoked", revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._say("partitions_assigned", assigned)
+
+
 def consume(
     settings: Settings,
     *,
@@ -386,7 +410,7 @@ def consume(
     log.info(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
-    consumer = clients.consumer(settings)
+    consumer = clients.consumer(settings, listener=PartitionLog(log, run_id))
     # A consumer among several (without the writer process they normally share) must
     # let go of a DuckDB file between batches, or it would keep the file's lock for its
     # whole run while the others wait outside the group (the bench found that).

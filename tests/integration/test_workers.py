@@ -9,6 +9,7 @@ workers writes through the same writer process while a reader reads.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from marketstream import store
 from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
-from support.live import live_cli
+from support.live import live_cli, wait_for_workers_to_store
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
@@ -54,22 +55,21 @@ def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:
 
 def test_live_mode_with_two_workers_shares_one_duckdb_file(fresh) -> None:
     """``live --consumers 2`` on the file: both workers store through one writer process,
-    and the API reads the file meanwhile (the writer lets go between batches)."""
-    duration = 15.0
-    with live_cli(
-        fresh, "--no-api", "--no-voila", "--consumers", "2", "--duration", str(duration)
-    ) as live:
+    and the store is read meanwhile (the writer lets go between batches)."""
+    with live_cli(fresh, "--no-api", "--no-voila", "--consumers", "2") as live:
+        wait_for_workers_to_store(live, workers=2, partitions=fresh.partitions)
         seen: list[int] = []
         wait_until(
-            lambda: seen.append(store.tick_count(fresh.db_path)) or live.proc.poll() is not None,
-            duration + 90,
-            "live mode to end after its duration",
+            lambda: seen.append(store.tick_count(fresh.db_path)) or len(set(seen)) >= 3,
+            60,
+            "the row count to grow while it is read",
             interval_s=0.5,
+            died=live.gone,
             context=live.output,
         )
-        assert live.proc.wait() == 0, live.output()
+        live.proc.send_signal(signal.SIGINT)
+        assert live.proc.wait(timeout=90) == 0, live.output()
     assert not live.leftovers
-    assert len({n for n in seen if n > 0}) >= 3  # read while the workers wrote
     report = store.stats(fresh.db_path)
     assert report["ticks"] > 0 and report["distinct_ticks"] == report["ticks"]
     runs = store.pipeline_runs(fresh.db_path)

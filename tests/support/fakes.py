@@ -31,7 +31,7 @@ class Recorder:
         type(self).calls.append(config)
 
     # the few methods the kit calls on the objects it builds
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
         self.topics = topics
 
     def list_topics(self) -> list[str]:

@@ -18,9 +18,15 @@ from typing import IO
 
 import psutil
 
+from marketstream import store
+from marketstream.logs import read_log
 from marketstream.processes import child_env
 from marketstream.settings import Settings
 from support.processes import GRACE_S, alive, kill_all
+from support.waiting import wait_until
+
+#: How long a group of worker processes may take to start and settle, on a loaded machine.
+GROUP_SETTLES_S = 120.0
 
 
 @dataclass
@@ -92,3 +98,51 @@ def live_cli(settings: Settings, *args: str) -> Iterator[LiveProcess]:
         kill_all(still)
         reader.join(timeout=5)
         proc.stdout.close()
+
+
+def holdings(settings: Settings) -> dict[str, list[int]]:
+    """Each consumer run's partitions as its last ``partitions_assigned`` logged them."""
+    held: dict[str, list[int]] = {}
+    for entry in read_log(settings.log_path):
+        if entry.get("event") == "partitions_assigned":
+            held[entry["run_id"]] = entry["partitions"]
+    return held
+
+
+def wait_for_workers_to_store(live: LiveProcess, workers: int, partitions: int) -> None:
+    """Wait until ``workers`` consumer runs hold all ``partitions`` between them, each
+    some, and every partition has had ticks stored since: then each worker has stored.
+
+    A fixed duration cannot promise that: under load the second worker's join and
+    the rebalance it starts took most of a 15 s run in CI, and it stored nothing.
+    """
+    at = store.locate(live.settings)
+
+    def settled() -> dict[int, int] | None:
+        held = [p for p in holdings(live.settings).values() if p]
+        taken = sorted(n for p in held for n in p)  # each partition once: a settled group
+        if len(held) != workers or taken != list(range(partitions)):
+            return None
+        return {p["partition"]: p["ticks"] for p in store.stats(at)["partitions"]}
+
+    before = wait_until(
+        settled,
+        GROUP_SETTLES_S,
+        f"{workers} workers to share {partitions} partitions",
+        interval_s=0.5,
+        died=live.gone,
+        context=live.output,
+    )
+
+    def every_partition_grew() -> bool:
+        now = {p["partition"]: p["ticks"] for p in store.stats(at)["partitions"]}
+        return all(now.get(n, 0) > before.get(n, 0) for n in range(partitions))
+
+    wait_until(
+        every_partition_grew,
+        GROUP_SETTLES_S,
+        "ticks stored on every partition after that",
+        interval_s=0.5,
+        died=live.gone,
+        context=live.output,
+    )

@@ -43,7 +43,7 @@ class FakeConsumer:
         FakeConsumer.instances.append(self)
 
     # what the kit calls
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
         self.topics = topics
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:

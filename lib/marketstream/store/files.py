@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from marketstream.errors import StoreUnavailable
-from marketstream.store.schema import SCHEMA, RunMetrics
+from marketstream.store.schema import SCHEMA, RunMetrics, run_insert
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked")
 
@@ -223,14 +222,9 @@ class FileWriter:
 
     def record_run(self, run: RunMetrics) -> None:
         """Store one row of run metrics."""
-        values = asdict(run)
-        cols = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
+        sql, params = run_insert(run, "INSERT OR REPLACE")
         with self._connection() as con:
-            con.execute(
-                f"INSERT OR REPLACE INTO pipeline_metrics ({cols}) VALUES ({marks})",
-                list(values.values()),
-            ).fetchall()
+            con.execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Release the file (a checkpoint happens here)."""

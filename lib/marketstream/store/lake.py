@@ -51,7 +51,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import home
-from marketstream.store.schema import LAKE_SCHEMA, RunMetrics
+from marketstream.store.schema import LAKE_SCHEMA, RunMetrics, run_insert
 
 #: The catalog's name inside each DuckDB connection.
 ALIAS = "lake"
@@ -471,14 +471,10 @@ class LakeWriter:
 
     def record_run(self, run: RunMetrics) -> None:
         """Store one row of run metrics (a run's id is new: no upsert needed)."""
-        values = asdict(run)
-        cols = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
+        sql, params = run_insert(run)
         for attempt in range(MAX_FENCE_ATTEMPTS):
             try:
-                self.con.execute(
-                    f"INSERT INTO pipeline_metrics ({cols}) VALUES ({marks})", list(values.values())
-                )
+                self.con.execute(sql, params)
                 return
             except duckdb.Error as exc:
                 if not is_conflict(exc) or attempt + 1 == MAX_FENCE_ATTEMPTS:

@@ -6,7 +6,7 @@ drift apart; they differ only in the primary keys a lake does not have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import pyarrow as pa
@@ -139,3 +139,16 @@ class RunMetrics:
     max_event_time: datetime | None
     throughput_per_s: float
     status: str = "ok"
+
+
+def run_insert(run: RunMetrics, verb: str = "INSERT") -> tuple[str, list[object]]:
+    """The statement and parameters that store ``run`` as a ``pipeline_metrics`` row.
+
+    ``verb`` is ``INSERT OR REPLACE`` on the file, whose table has a primary key; the
+    lake has none, and a run's id is new there, so a plain insert is its upsert.
+    """
+    values = asdict(run)
+    marks = ", ".join("?" for _ in values)
+    return f"{verb} INTO pipeline_metrics ({', '.join(values)}) VALUES ({marks})", list(
+        values.values()
+    )

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 
 from marketstream import store
-from support.live import live_cli
-from support.waiting import wait_until
+from support.live import live_cli, wait_for_workers_to_store
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
 
 
 def test_live_mode_with_two_consumer_workers_on_the_lake(lake_settings) -> None:
-    duration = 20.0
-    with live_cli(
-        lake_settings, "--no-api", "--no-voila", "--consumers", "2", "--duration", str(duration)
-    ) as live:
-        wait_until(
-            lambda: live.proc.poll() is not None,
-            duration + 90,
-            "live mode to end after its duration",
-            interval_s=0.5,
-            context=live.output,
-        )
-        assert live.proc.wait() == 0, live.output()
+    with live_cli(lake_settings, "--no-api", "--no-voila", "--consumers", "2") as live:
+        wait_for_workers_to_store(live, workers=2, partitions=lake_settings.partitions)
+        live.proc.send_signal(signal.SIGINT)
+        assert live.proc.wait(timeout=90) == 0, live.output()
     assert not live.leftovers
     produced = int(re.findall(r"produced (\d+)", live.output())[-1])
     at = store.locate(lake_settings)
