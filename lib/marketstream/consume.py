@@ -61,11 +61,13 @@ __all__ = [
     "ConsumeError",
     "ConsumeHooks",
     "DecodedBatch",
+    "PartitionLog",
     "Policy",
     "caught_up",
     "consume",
     "decode_records",
     "gil_switch_interval",
+    "wait_at_gate",
 ]
 
 #: Batches decoded/written ahead of their Kafka commit. Two keep the writer thread
@@ -354,26 +356,64 @@ class _Loop:
 
 
 class PartitionLog(ConsumerRebalanceListener):
-    """Logs ``partitions_assigned`` / ``partitions_revoked`` with the run's id.
+    """Logs ``partitions_assigned`` / ``partitions_revoked`` with the run's id and group;
+    while :meth:`hold` is on, it pauses what is assigned (the start gate).
 
     With several workers in a group, which one holds which partition is what
     explains a worker that stored nothing (it joined after a short topic was read,
-    or a rebalance was still under way when a short live run ended).
+    or a rebalance was still under way when a short live run ended), and it is
+    how a caller sees the group settle (:func:`marketstream.workers.settled`).
     """
 
-    def __init__(self, log: Any, run_id: str) -> None:
+    def __init__(self, log: Any, run_id: str, group: str) -> None:
         self.log = log
         self.run_id = run_id
+        self.group = group
+        self.held: Any = None  # the consumer whose new partitions are paused
+
+    def hold(self, consumer: Any) -> None:
+        self.held = consumer
+        consumer.pause(*consumer.assignment())
+
+    def release(self) -> None:
+        consumer, self.held = self.held, None
+        if consumer is not None:
+            consumer.resume(*consumer.assignment())
 
     def _say(self, event: str, partitions: Any) -> None:
         numbers = sorted(tp.partition for tp in partitions)
-        self.log.info(event, extra={"run_id": self.run_id, "partitions": numbers})
+        extra = {"run_id": self.run_id, "group": self.group, "partitions": numbers}
+        self.log.info(event, extra=extra)
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._say("partitions_revoked", revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.held is not None:  # called inside poll, before it fetches
+            self.held.pause(*assigned)
         self._say("partitions_assigned", assigned)
+
+
+#: How long each poll at the start gate waits (it fetches nothing; it keeps the group going).
+GATE_POLL_MS = 100
+
+
+def wait_at_gate(
+    consumer: Any, listener: PartitionLog, gate: Callable[[], bool], stop: threading.Event
+) -> None:
+    """Take part in the group, fetching nothing, until ``gate()`` says go (or ``stop``).
+
+    The scaling bench starts N workers this way, so that each gets its share of a
+    pre-filled topic: without it the first worker up read 300,000 ticks' worth
+    before the third had joined, and the table showed a worker at 0 %.
+    """
+    listener.hold(consumer)
+    try:
+        while not gate() and not stop.is_set():
+            if consumer.poll(timeout_ms=GATE_POLL_MS):  # every partition is paused
+                raise ConsumeError("records arrived for a paused partition at the start gate")
+    finally:
+        listener.release()
 
 
 def consume(
@@ -388,6 +428,7 @@ def consume(
     hooks: ConsumeHooks | None = None,
     clients: KafkaClients = DEFAULT_CLIENTS,
     policy: Policy | None = None,
+    gate: Callable[[], bool] | None = None,
 ) -> RunMetrics:
     """Consume until caught up (batch mode), ``max_messages``, idle, or ``stop`` is set.
 
@@ -396,6 +437,8 @@ def consume(
     bench's end-to-end run reads a known count while the producer still
     writes: ``replace(BATCH, stop_at_end=False)``). ``on_batch`` sees each batch
     once it is committed (a shorthand for ``hooks.after_kafka_commit``).
+    ``gate``: join the group but fetch nothing until it returns True
+    (:func:`wait_at_gate`); the run's time starts there.
     Returns the run's metrics, which are also stored in ``pipeline_metrics``.
     """
     policy = policy or (LIVE if live else BATCH)
@@ -410,7 +453,8 @@ def consume(
     log.info(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
-    consumer = clients.consumer(settings, listener=PartitionLog(log, run_id))
+    listener = PartitionLog(log, run_id, settings.consumer_group)
+    consumer = clients.consumer(settings, listener=listener)
     # A consumer among several (without the writer process they normally share) must
     # let go of a DuckDB file between batches, or it would keep the file's lock for its
     # whole run while the others wait outside the group (the bench found that).
@@ -420,6 +464,10 @@ def consume(
     loop = _Loop(settings, policy, consumer, Checkpoint(consumer, writer, hooks), bar, log, run_id)
     status = "ok"
     try:
+        if gate is not None:
+            wait_at_gate(consumer, listener, gate, stop)
+            started_at = datetime.now(UTC)
+            loop.last_data = time.monotonic()
         with gil_switch_interval(GIL_SWITCH_INTERVAL_S):
             loop.run(stop, max_messages, idle_limit)
     except KafkaError as exc:

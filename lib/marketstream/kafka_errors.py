@@ -25,6 +25,7 @@ from kafka.errors import (
     AuthorizationError,
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
+    InvalidSessionTimeoutError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
@@ -398,4 +399,10 @@ def explain(
         return f"{doing} failed: {not_allowed(refusal, settings, operation)}; {safe}"
     if isinstance(exc, SaslAuthenticationFailedError):
         return f"{doing} failed: {auth_failed(settings, settings.bootstrap_servers)}; {safe}"
+    if isinstance(exc, InvalidSessionTimeoutError):
+        return (
+            f"{doing} failed: the broker refuses KAFKA_SESSION_TIMEOUT_S="
+            f"{settings.session_timeout_s:g} (outside its group.min.session.timeout.ms to "
+            f"group.max.session.timeout.ms; 6 to 1800 s by default); {safe}"
+        )
     return f"{doing} failed: {describe(exc)}; {safe}"

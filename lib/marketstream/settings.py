@@ -147,6 +147,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("postgres_home", "MARKET_POSTGRES_HOME", "the kit's own PostgreSQL data"),
     Option("postgres_port", "MARKET_POSTGRES_PORT", "its port (0: a free one)"),
     Option("consumers", "MARKET_CONSUMERS", "consumer worker processes"),
+    Option(
+        "session_timeout_s",
+        "KAFKA_SESSION_TIMEOUT_S",
+        "a silent consumer's partitions move to the others after this (s)",
+    ),
     Option("partitioner", "MARKET_PARTITIONER", "spread (symbols over partitions) or murmur2"),
     Option("csv_path", "MARKET_CSV_PATH", "the tick CSV"),
     Option("log_path", "MARKET_LOG_PATH", "the JSON-lines log"),
@@ -197,6 +202,9 @@ class Settings:
     postgres_home: Path = field(default_factory=lambda: home() / ".cache" / "postgres")
     postgres_port: int = 0
     consumers: int = 1
+    #: Kafka's own default (KIP-735). A worker SIGKILLed keeps its partitions this long;
+    #: 6 s (a default broker's group.min.session.timeout.ms) moves them ~7x sooner.
+    session_timeout_s: float = 45.0
     partitioner: str = "spread"
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     ticks_per_symbol: int = 50
@@ -303,6 +311,11 @@ class Settings:
             )
         if self.consumers < 1:
             raise SettingsError("MARKET_CONSUMERS must be at least 1")
+        if not 1 <= self.session_timeout_s <= 3600:
+            raise SettingsError(
+                "KAFKA_SESSION_TIMEOUT_S must be from 1 to 3600 seconds (a default broker "
+                "accepts 6 to 1800)"
+            )
         if not 0 <= self.postgres_port <= 65535:
             raise SettingsError("MARKET_POSTGRES_PORT must be a port number (0: a free one)")
         if self.replication_factor < 1:

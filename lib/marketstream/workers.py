@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,30 @@ RUN_MARKER = "RUN "
 #: The name of the writer process workers on one DuckDB file share (:mod:`.store.relay`).
 WRITER_NAME = "store-writer"
 
+#: A file path: workers given one join their group but fetch nothing until it exists
+#: (the scaling bench opens it once the group has settled; see :func:`settled`).
+GATE_ENV = "MARKET_WORKER_GATE"
+
+
+def holdings(log_path: Path, group: str) -> dict[str, list[int]]:
+    """Each consumer run of ``group``: its partitions as its last ``partitions_assigned``
+    in the JSON log said (the consumer's :class:`~marketstream.consume.PartitionLog`)."""
+    from marketstream.logs import read_log
+
+    held: dict[str, list[int]] = {}
+    for entry in read_log(log_path):
+        if entry.get("event") == "partitions_assigned" and entry.get("group") == group:
+            held[entry["run_id"]] = entry["partitions"]
+    return held
+
+
+def settled(log_path: Path, group: str, workers: int, partitions: int) -> bool:
+    """True once ``workers`` runs of ``group`` hold every one of ``partitions`` exactly once
+    between them: the group's rebalances are over (as long as no one joins or leaves)."""
+    held = holdings(log_path, group)
+    taken = sorted(n for numbers in held.values() for n in numbers)
+    return len(held) == workers and taken == list(range(partitions))
+
 
 def worker_command(*, live: bool) -> list[str]:
     """The command line of one worker (settings come through the environment)."""
@@ -52,9 +77,15 @@ def worker_command(*, live: bool) -> list[str]:
 
 
 def start_workers(
-    settings: Settings, count: int, *, live: bool, logs: Path | None = None
+    settings: Settings,
+    count: int,
+    *,
+    live: bool,
+    logs: Path | None = None,
+    gate: Path | None = None,
 ) -> list[Child]:
-    """Start ``count`` worker processes, each logging to ``consumer-<i>.log``.
+    """Start ``count`` worker processes, each logging to ``consumer-<i>.log``;
+    with ``gate``, they fetch nothing until that file exists (:data:`GATE_ENV`).
 
     The store is created here first, once: workers creating a new lake's catalog
     at the same moment collide inside PostgreSQL (a duplicate-key error in
@@ -77,7 +108,7 @@ def start_workers(
             )
             children.append(writer)
             relay.wait_listening(address, writer.alive)
-        env = child_env(settings, extra)
+        env = child_env(settings, extra | ({GATE_ENV: str(gate)} if gate else {}))
         for i in range(1, count + 1):
             children.append(
                 start_child(
@@ -186,9 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     started = time.monotonic()
+    gate_file = os.environ.get(GATE_ENV)
+    gate = Path(gate_file).exists if gate_file else None
     try:
         settings = Settings.from_env()
-        run = consume(settings, live=args.live, stop=stop, progress=False)
+        run = consume(settings, live=args.live, stop=stop, progress=False, gate=gate)
     except MarketstreamError as exc:
         print(f"error: {exc}", flush=True)
         return 2

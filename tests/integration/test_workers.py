@@ -12,6 +12,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,6 +21,7 @@ from marketstream import store
 from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
+from marketstream.workers import WRITER_NAME, settled, start_workers, stop_workers, worker_run
 from support.live import live_cli, wait_for_workers_to_store
 from support.waiting import wait_until
 
@@ -53,6 +56,31 @@ def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:
     assert "consumed 0 messages" in again.stdout
 
 
+def test_workers_at_a_start_gate_fetch_nothing_then_share_the_topic(fresh, tmp_path) -> None:
+    """The scaling bench's start: three workers join and take a partition each, paused;
+    nothing is stored until the gate opens, and then each stores exactly its own."""
+    settings = fresh.with_(batch_size=500)
+    ensure_topic(settings)
+    produce_ticks(generate_ticks(settings.symbols, 1000, seed=5), settings, progress=False)
+    gate = tmp_path / "gate"
+    children = start_workers(settings, 3, live=False, logs=tmp_path, gate=gate)
+    consumers = [c for c in children if c.name != WRITER_NAME]
+    try:
+        group = (settings.log_path, settings.consumer_group, 3, settings.partitions)
+        wait_until(lambda: settled(*group), 120, "three workers to hold a partition each")
+        time.sleep(1.0)  # what a worker fetched at the gate would be received before it opens
+        opened = datetime.now(UTC).replace(tzinfo=None)
+        gate.touch()
+        for child in consumers:
+            child.proc.wait(timeout=120)
+    finally:
+        stop_workers(children)
+    runs = [worker_run(child) for child in consumers]
+    assert [run.rows_inserted for run in runs if run] == [1000, 1000, 1000]
+    stored = store.ticks(settings.db_path)
+    assert len(stored) == 3000 and stored["received_at"].min() >= opened
+
+
 def test_live_mode_with_two_workers_shares_one_duckdb_file(fresh) -> None:
     """``live --consumers 2`` on the file: both workers store through one writer process,
     and the store is read meanwhile (the writer lets go between batches)."""
@@ -75,3 +103,20 @@ def test_live_mode_with_two_workers_shares_one_duckdb_file(fresh) -> None:
     runs = store.pipeline_runs(fresh.db_path)
     assert list(runs["mode"]) == ["live", "live"] and all(runs["rows_inserted"] > 0), runs
     assert int(runs["rows_inserted"].sum()) == report["ticks"]
+
+
+def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:
+    """Below the broker's group.min.session.timeout.ms (6 s by default) the group join is
+    refused: the CLI says which setting, not a KafkaError's class name."""
+    settings = fresh.with_(session_timeout_s=2.0)
+    ensure_topic(settings)
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketstream.cli", "consume", "-q"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "the broker refuses KAFKA_SESSION_TIMEOUT_S=2" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr

@@ -2,7 +2,7 @@
 
 Run as a separate process, so signals, DuckDB's write-ahead log and the
 consumer-group protocol behave as in production. The fault goes in through
-the consumer's own seams, :class:`ConsumeHooks` and :class:`KafkaClients`;
+the consumer's own seam, :class:`ConsumeHooks`;
 nothing is patched.
 
 * ``CRASH_AT=store-commit:<n>``: die inside the n-th batch's store transaction,
@@ -12,25 +12,22 @@ nothing is patched.
   store but before its offsets are committed to Kafka;
 * no ``CRASH_AT``: run to the end (or until killed from outside).
 
-The consumer-group session timeout is 6 s (the broker's minimum) instead of
-kafka-python's 45 s: that is how long the broker waits before it gives a
+The consumer-group session timeout (``session_timeout_s``) is 6 s, the broker's
+minimum, instead of Kafka's 45 s: that is how long the broker waits before it gives a
 SIGKILLed member's partitions to its replacement, so repeated kills stay fast.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
 from typing import Any
 
-from kafka import KafkaConsumer
-
-from marketstream.clients import KafkaClients
 from marketstream.consume import ConsumeHooks, consume
 from marketstream.decode import DecodedBatch
 from marketstream.settings import Settings
+from support.processes import QUICK_SESSION_S
 
 COUNT = "SELECT count(*) FROM market_ticks"
 
@@ -67,13 +64,9 @@ def hooks_for(crash_at: str, note: str) -> ConsumeHooks:
 
 def main() -> int:
     hooks = hooks_for(os.environ.get("CRASH_AT", ""), os.environ.get("CRASH_NOTE", os.devnull))
-    quick_group = functools.partial(
-        KafkaConsumer, session_timeout_ms=6000, heartbeat_interval_ms=1000
-    )
     run = consume(
-        Settings.from_env(),
+        Settings.from_env().with_(session_timeout_s=QUICK_SESSION_S),
         hooks=hooks,
-        clients=KafkaClients(consumer_class=quick_group),
         progress=False,
     )
     print(f"consumed {run.messages_processed} messages: {run.rows_inserted} new rows")

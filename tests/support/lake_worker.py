@@ -2,8 +2,8 @@
 
 The real consumer (:func:`marketstream.consume.consume`, live policy: it runs
 until SIGTERM) in its own process, as ``marketstream.workers`` runs it, but
-with a 6 s consumer-group session timeout (the broker's minimum; kafka-python's
-default is 45 s) so a killed or stalled worker's partitions move on quickly.
+with a 6 s consumer-group session timeout (``session_timeout_s``: the broker's
+minimum; Kafka's default is 45 s) so a killed or stalled worker's partitions move on quickly.
 Faults go in through the consumer's own seam, :class:`ConsumeHooks`:
 
 * ``STALL_AT=<n>``: inside the n-th batch's store transaction, rows inserted
@@ -16,19 +16,16 @@ Faults go in through the consumer's own seam, :class:`ConsumeHooks`:
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
 import threading
 from typing import Any
 
-from kafka import KafkaConsumer
-
-from marketstream.clients import KafkaClients
 from marketstream.consume import ConsumeHooks, consume
 from marketstream.decode import DecodedBatch
 from marketstream.settings import Settings
+from support.processes import QUICK_SESSION_S
 
 
 def hooks_for(stall_at: int, note: str) -> ConsumeHooks:
@@ -60,15 +57,11 @@ def main() -> int:
     hooks = hooks_for(
         int(os.environ.get("STALL_AT", "0")), os.environ.get("WORKER_NOTE", os.devnull)
     )
-    quick_group = functools.partial(
-        KafkaConsumer, session_timeout_ms=6000, heartbeat_interval_ms=1000
-    )
     run = consume(
-        Settings.from_env(),
+        Settings.from_env().with_(session_timeout_s=QUICK_SESSION_S),
         live=True,
         stop=stop,
         hooks=hooks,
-        clients=KafkaClients(consumer_class=quick_group),
         progress=False,
     )
     print(f"consumed {run.messages_processed} messages: {run.rows_inserted} new rows", flush=True)

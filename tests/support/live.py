@@ -19,9 +19,9 @@ from typing import IO
 import psutil
 
 from marketstream import store
-from marketstream.logs import read_log
 from marketstream.processes import child_env
 from marketstream.settings import Settings
+from marketstream.workers import settled
 from support.processes import GRACE_S, alive, kill_all
 from support.waiting import wait_until
 
@@ -100,15 +100,6 @@ def live_cli(settings: Settings, *args: str) -> Iterator[LiveProcess]:
         proc.stdout.close()
 
 
-def holdings(settings: Settings) -> dict[str, list[int]]:
-    """Each consumer run's partitions as its last ``partitions_assigned`` logged them."""
-    held: dict[str, list[int]] = {}
-    for entry in read_log(settings.log_path):
-        if entry.get("event") == "partitions_assigned":
-            held[entry["run_id"]] = entry["partitions"]
-    return held
-
-
 def wait_for_workers_to_store(live: LiveProcess, workers: int, partitions: int) -> None:
     """Wait until ``workers`` consumer runs hold all ``partitions`` between them, each
     some, and every partition has had ticks stored since: then each worker has stored.
@@ -117,16 +108,15 @@ def wait_for_workers_to_store(live: LiveProcess, workers: int, partitions: int) 
     the rebalance it starts took most of a 15 s run in CI, and it stored nothing.
     """
     at = store.locate(live.settings)
+    log, group = live.settings.log_path, live.settings.consumer_group
 
-    def settled() -> dict[int, int] | None:
-        held = [p for p in holdings(live.settings).values() if p]
-        taken = sorted(n for p in held for n in p)  # each partition once: a settled group
-        if len(held) != workers or taken != list(range(partitions)):
+    def counts_once_settled() -> dict[int, int] | None:
+        if not settled(log, group, workers, partitions):
             return None
         return {p["partition"]: p["ticks"] for p in store.stats(at)["partitions"]}
 
     before = wait_until(
-        settled,
+        counts_once_settled,
         GROUP_SETTLES_S,
         f"{workers} workers to share {partitions} partitions",
         interval_s=0.5,

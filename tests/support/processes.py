@@ -11,6 +11,11 @@ import psutil
 #: only reached when something is wrong: ``psutil.wait_procs`` returns once they are gone.
 GRACE_S = 30.0
 
+#: KAFKA_SESSION_TIMEOUT_S of the consumers the crash and scale-out tests kill or stall:
+#: a default broker's minimum, so a dead member's partitions move in 6 s (Kafka's 45 s
+#: default would make each kill wait that long).
+QUICK_SESSION_S = 6.0
+
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     """Those of ``procs`` still running (a zombie has ended, it only waits to be reaped)."""

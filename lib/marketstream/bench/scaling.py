@@ -10,16 +10,21 @@ What it measures and why this way:
   reads the whole topic from the start into an empty store.
 * **The workers are the real ones** (:func:`marketstream.workers.start_workers`,
   ``python -m marketstream.workers``), exactly what ``consume --workers N`` runs.
+* **A start gate**: the workers start, join the group and take their
+  partitions paused (:func:`marketstream.consume.wait_at_gate`); the bench
+  opens the gate once their logged assignments cover every partition once
+  (:func:`marketstream.workers.settled`). Without it the first worker up read
+  much of the topic before the last one had joined (a 300,000-tick row showed
+  workers at 0 %, 25 % and 67 % of the ceiling), which measures the join, not the
+  workers.
 * **Aggregate rate from the stored rows** (``received_at``: when a poll
   returned the records): messages after the first poll over the span from the
-  first poll to the last, so process start-up (~1 s of imports per process, the
-  same for every N and not part of a long-running deployment) and the group
-  join are left out. The wall rate (first start to last exit) is kept beside it.
+  first poll to the last. The wall rate (gate open to last exit) is kept beside it.
 * **Per worker**: its own :class:`~marketstream.store.RunMetrics`
-  (messages / elapsed, elapsed counted from inside ``consume()``: client
-  start and group join included, like the ceiling worker's), its peak RSS and
-  CPU seconds from ``wait4`` on that very process (``ru_maxrss`` per child,
-  not a sampled guess).
+  (messages / elapsed, elapsed counted from the gate's opening: process
+  start and group join are not in it, while the ceiling worker's time includes
+  its own one-member join), its peak RSS and CPU seconds from ``wait4`` on that
+  very process (``ru_maxrss`` per child, not a sampled guess).
 * **Against the client ceiling of the same run** (the bare kafka-python worker
   of the ``ceiling_consume`` phase): aggregate / ceiling and each worker's
   rate / ceiling.
@@ -65,6 +70,8 @@ LIVE_S = 5.0
 ATTEMPTS = 2
 #: A row's workers must all be done within this.
 ROW_TIMEOUT_S = 1800.0
+#: Workers' start-up and group join, before the gate opens, must fit in this.
+SETTLE_TIMEOUT_S = 120.0
 
 
 # --------------------------------------------------------------------------- selection
@@ -307,6 +314,26 @@ def _stored_span(at: Any) -> tuple[int, float, int]:
     return int(count), (last - first) / 1e6, int(count) - int(in_first)
 
 
+def _wait_for_group(settings: Any, consumers: Sequence[Any], label: str) -> None:
+    """Until the workers, waiting at their start gate, hold every partition between them."""
+    from marketstream.workers import settled
+
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not settled(
+        settings.log_path, settings.consumer_group, len(consumers), settings.partitions
+    ):
+        gone = [c for c in consumers if not c.alive()]
+        if gone:
+            raise BenchError(
+                f"scaling {label}: {gone[0].name} ended at the gate: {gone[0].log_tail(8)}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"scaling {label}: the group did not settle in {SETTLE_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(0.1)
+
+
 def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict], dict]:
     """N batch workers to completion on a fresh group and store; (workers, span/wall)."""
     from marketstream import store
@@ -316,10 +343,13 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
     logs = run.work / label
     logs.mkdir(parents=True, exist_ok=True)
     at = store.locate(settings)
-    started = time.time()
-    children = start_workers(settings, n, live=False, logs=logs)
+    gate = logs / "gate"
+    children = start_workers(settings, n, live=False, logs=logs, gate=gate)
     run.servers.extend(children)  # stopped at cleanup whatever fails
     consumers = [c for c in children if c.name != WRITER_NAME]
+    _wait_for_group(settings, consumers, label)
+    gate.touch()  # every worker has its partitions: go
+    started = time.time()
     reaped = _reap(consumers, ROW_TIMEOUT_S)
     wall = max(end for end, _ in reaped.values()) - started
     writer_rss_mb = None
