@@ -27,8 +27,9 @@ from support.stored import store_counts
 from support.waiting import wait_until
 
 
-def replication(settings: Settings) -> tuple[list[int], str]:
-    """(replicas of each partition, min.insync.replicas) of the settings' topic, from Kafka."""
+def _asked(settings: Settings) -> tuple[list[int], str] | None:
+    """(replicas of each partition, min.insync.replicas), or None while the broker asked
+    does not know the topic's config yet."""
     admin = DEFAULT_CLIENTS.admin(settings)
     try:
         [topic] = admin.describe_topics([settings.topic])
@@ -39,15 +40,18 @@ def replication(settings: Settings) -> tuple[list[int], str]:
         configs = admin.describe_configs([resource], config_filter="all")
     finally:
         admin.close()
-    return replicas, configs["topic"][settings.topic]["min.insync.replicas"]["value"]
+    found = configs["topic"].get(settings.topic, {}).get("min.insync.replicas")
+    return (replicas, found["value"]) if found else None
 
 
-def _known(settings: Settings) -> tuple[list[int], str] | None:
-    """:func:`replication`, or None while a broker does not know the topic's config yet."""
-    try:
-        return replication(settings)
-    except KeyError:
-        return None
+def replication(settings: Settings) -> tuple[list[int], str]:
+    """(replicas of each partition, min.insync.replicas) of the settings' topic, from Kafka.
+
+    A new topic's config reaches each broker a moment after its creation, and each
+    admin client may ask a different broker: one answering is no promise for the next
+    (CI read it, then missed it on the next call). So this asks until one answers.
+    """
+    return wait_until(lambda: _asked(settings), 30, f"{settings.topic}'s config from a broker")
 
 
 def create_by_hand(settings: Settings, replicas: int, min_insync: int) -> None:
@@ -66,8 +70,9 @@ def create_by_hand(settings: Settings, replicas: int, min_insync: int) -> None:
         )
     finally:
         admin.close()
-    # as a pre-existing topic would be: its config known to every broker
-    wait_until(lambda: _known(settings) is not None, 30, "the topic's config")
+    # as a pre-existing topic would be, its config known to the brokers: five asks in a
+    # row answered (each admin client may ask another of the three)
+    wait_until(lambda: all(_asked(settings) for _ in range(5)), 30, "the topic's config")
 
 
 # --------------------------------------------------------------------------- replication
@@ -78,7 +83,7 @@ def test_topics_get_three_replicas_and_min_insync_two(on_cluster: Settings) -> N
     assert ensure_topic(on_cluster, say=heard.append) is True
     assert heard == []
     # a new topic's configs reach every broker's metadata a moment after its creation
-    wait_until(lambda: _known(on_cluster) == ([3, 3, 3], "2"), 30, "the topic's replication")
+    wait_until(lambda: _asked(on_cluster) == ([3, 3, 3], "2"), 30, "the topic's replication")
     assert ensure_topic(on_cluster, say=heard.append) is False
     assert heard == []  # fully replicated: nothing to warn about
 
@@ -87,8 +92,6 @@ def test_more_than_the_cluster_holds_is_capped_and_said(on_cluster: Settings) ->
     wide = on_cluster.with_(replication_factor=5, min_insync_replicas=4)
     heard: list[str] = []
     assert ensure_topic(wide, say=heard.append) is True
-    # the new topic's config reaches every broker a moment after its creation (seen in CI)
-    wait_until(lambda: _known(wide) is not None, 30, "the topic's config")
     assert replication(wide) == ([3, 3, 3], "3")
     assert heard == [replication_plan(wide, 3).capped]
     assert "replication factor 3, not KAFKA_REPLICATION_FACTOR=5: the cluster has 3" in heard[0]
@@ -123,7 +126,6 @@ def test_the_pipeline_runs_on_the_cluster(on_cluster: Settings) -> None:
     summary = run_pipeline(on_cluster, progress=False)
     assert summary.rows == 150
     assert summary.broker_started is False  # the cluster answered: nothing started
-    wait_until(lambda: _known(on_cluster) is not None, 30, "the topic's config")
     assert replication(on_cluster) == ([3, 3, 3], "2")
     assert store_counts(on_cluster.db_path) == (150, 150, 150)
     again = run_pipeline(on_cluster, progress=False)  # same seed, same ticks: stored once
