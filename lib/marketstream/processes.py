@@ -159,6 +159,8 @@ class Child:
     log_path: Path
     url: str
     _log: IO[bytes] | None = None
+    #: SIGTERM to SIGKILL, for :meth:`stop`.
+    stop_grace_s: float = STOP_GRACE_S
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -175,7 +177,7 @@ class Child:
     def stop(self, family: Sequence[psutil.Process] | None = None) -> None:
         """Stop it (and its family) and close its log file."""
         try:
-            stop_process_tree(self.proc, family)
+            stop_process_tree(self.proc, family, self.stop_grace_s)
         finally:
             self.close_log()
 
@@ -197,6 +199,7 @@ def start_child(
     group: str | int | None = None,
     append: bool = False,
     death_signal: int = signal.SIGTERM,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> Child:
     """Start a server in its own session, output to ``log_path``, tied to this process's life.
 
@@ -204,7 +207,8 @@ def start_child(
     groups: PostgreSQL refuses to run as root. ``append`` keeps the log of earlier
     runs (a crashed server's last lines). ``death_signal`` is what it gets if this
     process dies: SIGTERM, or e.g. SIGINT for PostgreSQL, whose SIGTERM waits for
-    every client to hang up.
+    every client to hang up. ``stop_grace_s``: how long :meth:`Child.stop` lets it
+    finish after SIGTERM.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab" if append else "wb")
@@ -226,7 +230,7 @@ def start_child(
     except BaseException:
         log.close()
         raise
-    return Child(name, proc, log_path, url, log)
+    return Child(name, proc, log_path, url, log, stop_grace_s)
 
 
 # --------------------------------------------------------------------------- stop

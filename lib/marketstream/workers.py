@@ -46,6 +46,12 @@ RUN_MARKER = "RUN "
 #: The name of the writer process workers on one DuckDB file share (:mod:`.store.relay`).
 WRITER_NAME = "store-writer"
 
+#: SIGTERM to SIGKILL for a worker. The servers' 10 s is short for one: it finishes the
+#: batch in hand, leaves the group and stores its run row, and on a loaded 2-core
+#: machine a worker cut off there loses its run row (its batch is safe: the offsets of
+#: a batch not stored are never committed). 60 s is only reached when something hangs.
+WORKER_STOP_GRACE_S = 60.0
+
 #: A file path: workers given one join their group but fetch nothing until it exists
 #: (the scaling bench opens it once the group has settled; see :func:`settled`).
 GATE_ENV = "MARKET_WORKER_GATE"
@@ -105,6 +111,7 @@ def start_workers(
                 child_env(settings, extra),
                 folder / "store-writer.log",
                 cwd=home(),
+                stop_grace_s=WORKER_STOP_GRACE_S,  # it drains its workers' last batches
             )
             children.append(writer)
             relay.wait_listening(address, writer.alive)
@@ -117,6 +124,7 @@ def start_workers(
                     env,
                     folder / f"consumer-{i}.log",
                     cwd=home(),
+                    stop_grace_s=WORKER_STOP_GRACE_S,
                 )
             )
     except BaseException:

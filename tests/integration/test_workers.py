@@ -22,7 +22,7 @@ from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
 from marketstream.workers import WRITER_NAME, settled, start_workers, stop_workers, worker_run
-from support.live import live_cli, wait_for_workers_to_store
+from support.live import live_cli, wait_for_workers_to_store, worker_logs
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
@@ -101,8 +101,9 @@ def test_live_mode_with_two_workers_shares_one_duckdb_file(fresh) -> None:
     report = store.stats(fresh.db_path)
     assert report["ticks"] > 0 and report["distinct_ticks"] == report["ticks"]
     runs = store.pipeline_runs(fresh.db_path)
-    assert list(runs["mode"]) == ["live", "live"] and all(runs["rows_inserted"] > 0), runs
-    assert int(runs["rows_inserted"].sum()) == report["ticks"]
+    logs = worker_logs(fresh)
+    assert list(runs["mode"]) == ["live", "live"] and all(runs["rows_inserted"] > 0), logs
+    assert int(runs["rows_inserted"].sum()) == report["ticks"], logs
 
 
 def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:

@@ -136,3 +136,11 @@ def wait_for_workers_to_store(live: LiveProcess, workers: int, partitions: int) 
         died=live.gone,
         context=live.output,
     )
+
+
+def worker_logs(settings: Settings) -> str:
+    """The workers' and the writer's output (and the JSON log), for a failing assertion."""
+    folder = settings.log_path.parent
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(folder.glob("*.log"))
+    )

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from marketstream import store
-from support.live import live_cli, wait_for_workers_to_store
+from support.live import live_cli, wait_for_workers_to_store, worker_logs
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
 
@@ -27,5 +27,5 @@ def test_live_mode_with_two_consumer_workers_on_the_lake(lake_settings) -> None:
     assert len(report["partitions"]) == 3
     runs = store.pipeline_runs(at)
     assert list(runs["mode"]) == ["live", "live"]  # one row per worker process
-    assert all(runs["rows_inserted"] > 0), runs  # both had partitions to do
-    assert int(runs["rows_inserted"].sum()) == report["ticks"]
+    assert all(runs["rows_inserted"] > 0), worker_logs(lake_settings)  # both stored
+    assert int(runs["rows_inserted"].sum()) == report["ticks"], worker_logs(lake_settings)
