@@ -42,6 +42,7 @@ from marketstream.processes import child_env, free_port
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.settings import Settings
 from marketstream.ticks import Tick, generate_ticks
+from support.processes import QUICK_SESSION_S
 from support.stored import store_counts, store_difference
 from support.waiting import exited, wait_until
 
@@ -62,6 +63,7 @@ def start_consumer(
     :data:`CRASH_CONSUMER` (short session timeout, ``crash_at``)."""
     if wrapped:
         cmd = [sys.executable, str(CRASH_CONSUMER)]
+        settings = settings.with_(session_timeout_s=QUICK_SESSION_S)
     else:
         cmd = [sys.executable, "-m", "marketstream.cli", "consume", "-q"]
     extra = {"CRASH_AT": crash_at, "CRASH_NOTE": str(settings.db_path.parent / "crash-note.txt")}

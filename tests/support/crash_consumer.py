@@ -12,7 +12,7 @@ nothing is patched.
   store but before its offsets are committed to Kafka;
 * no ``CRASH_AT``: run to the end (or until killed from outside).
 
-The consumer-group session timeout (``session_timeout_s``) is 6 s, the broker's
+The test starting it sets ``KAFKA_SESSION_TIMEOUT_S`` to 6 s, the broker's
 minimum, instead of Kafka's 45 s: that is how long the broker waits before it gives a
 SIGKILLed member's partitions to its replacement, so repeated kills stay fast.
 """
@@ -27,7 +27,6 @@ from typing import Any
 from marketstream.consume import ConsumeHooks, consume
 from marketstream.decode import DecodedBatch
 from marketstream.settings import Settings
-from support.processes import QUICK_SESSION_S
 
 COUNT = "SELECT count(*) FROM market_ticks"
 
@@ -65,7 +64,7 @@ def hooks_for(crash_at: str, note: str) -> ConsumeHooks:
 def main() -> int:
     hooks = hooks_for(os.environ.get("CRASH_AT", ""), os.environ.get("CRASH_NOTE", os.devnull))
     run = consume(
-        Settings.from_env().with_(session_timeout_s=QUICK_SESSION_S),
+        Settings.from_env(),
         hooks=hooks,
         progress=False,
     )

@@ -2,8 +2,9 @@
 
 The real consumer (:func:`marketstream.consume.consume`, live policy: it runs
 until SIGTERM) in its own process, as ``marketstream.workers`` runs it, but
-with a 6 s consumer-group session timeout (``session_timeout_s``: the broker's
-minimum; Kafka's default is 45 s) so a killed or stalled worker's partitions move on quickly.
+with the 6 s consumer-group session timeout its tests give it through
+``KAFKA_SESSION_TIMEOUT_S`` (the broker's minimum; Kafka's default is 45 s), so a
+killed or stalled worker's partitions move on quickly.
 Faults go in through the consumer's own seam, :class:`ConsumeHooks`:
 
 * ``STALL_AT=<n>``: inside the n-th batch's store transaction, rows inserted
@@ -25,7 +26,6 @@ from typing import Any
 from marketstream.consume import ConsumeHooks, consume
 from marketstream.decode import DecodedBatch
 from marketstream.settings import Settings
-from support.processes import QUICK_SESSION_S
 
 
 def hooks_for(stall_at: int, note: str) -> ConsumeHooks:
@@ -58,7 +58,7 @@ def main() -> int:
         int(os.environ.get("STALL_AT", "0")), os.environ.get("WORKER_NOTE", os.devnull)
     )
     run = consume(
-        Settings.from_env().with_(session_timeout_s=QUICK_SESSION_S),
+        Settings.from_env(),
         live=True,
         stop=stop,
         hooks=hooks,

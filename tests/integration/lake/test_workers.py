@@ -31,6 +31,7 @@ from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
 from marketstream.workers import consume_all
 from support.bad_messages import raw_json
+from support.processes import QUICK_SESSION_S
 from support.stored import store_difference
 from support.waiting import wait_until
 
@@ -66,7 +67,7 @@ def start_worker(
     extra = {"STALL_AT": str(stall_at), "WORKER_NOTE": str(note or os.devnull)}
     return subprocess.Popen(
         [sys.executable, str(LAKE_WORKER)],
-        env=child_env(settings, extra),
+        env=child_env(settings.with_(session_timeout_s=QUICK_SESSION_S), extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
