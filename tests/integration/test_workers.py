@@ -28,14 +28,15 @@ from support.waiting import wait_until
 pytestmark = pytest.mark.usefixtures("no_stray_children")
 
 
-def cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``marketstream ARGS`` with ``settings`` in its environment, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "marketstream.cli", *args],
         env=child_env(settings),
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=check,
     )
 
 
@@ -111,13 +112,7 @@ def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:
     refused: the CLI says which setting, not a KafkaError's class name."""
     settings = fresh.with_(session_timeout_s=2.0)
     ensure_topic(settings)
-    proc = subprocess.run(
-        [sys.executable, "-m", "marketstream.cli", "consume", "-q"],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = cli(settings, "consume", "-q", check=False)
     assert proc.returncode != 0
     assert "the broker refuses KAFKA_SESSION_TIMEOUT_S=2" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
