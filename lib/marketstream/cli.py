@@ -90,7 +90,8 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
         "api_cache_s",
         "api_stale_s",
     ),
-    "stats": (*STORE_SETTINGS, "postgres_home"),
+    "stats": ("bootstrap_servers", "topic", *STORE_SETTINGS, "postgres_home", "isolation_level"),
+    "positions": ("bootstrap_servers", "topic", *STORE_SETTINGS, "postgres_home"),
     "upkeep": ("ducklake_catalog", "ducklake_data", "postgres_home"),
     "postgres": ("postgres_home", "postgres_port"),
     "bench": ("bootstrap_servers", "symbols", "seed"),
@@ -345,15 +346,61 @@ def cmd_consume(args: argparse.Namespace) -> int:
         f"{run.duplicates} already stored, {run.errors} dead letters, "
         f"{run.throughput_per_s:,.0f} msg/s -> {where}"
     )
+    if run.behind:
+        print(
+            f"marketstream: not caught up: {run.behind:,} messages of {settings.topic} are "
+            "not stored yet (marketstream stats shows the lag per partition); run "
+            "marketstream consume again to store them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from marketstream import store
+    from marketstream import lag, store
 
     with store.owned_store(_settings(args)) as settings:
-        report = store.stats(store.locate(settings))
+        at = store.locate(settings)
+        report = lag.annotate(store.stats(at), lag.measure(settings, at))
     print(json.dumps(report, indent=2) if args.json else store.render_stats(report))
+    return 0
+
+
+def _position_pairs(texts: Sequence[str]) -> dict[int, int]:
+    pairs: dict[int, int] = {}
+    for text in texts:
+        partition, sep, offset = text.partition("=")
+        if not sep or not partition.strip().isdigit() or not offset.strip().isdigit():
+            raise ConsumeError(f"--set {text!r}: expected PARTITION=OFFSET, e.g. --set 0=1500")
+        pairs[int(partition)] = int(offset)
+    return pairs
+
+
+def cmd_positions(args: argparse.Namespace) -> int:
+    from marketstream import lag, store
+
+    settings = _settings(args)
+    moves = _position_pairs(args.set or [])
+    with store.owned_store(settings) as settings:
+        at = store.locate(settings)
+        if args.to_end:
+            ends = lag.end_offsets(settings)
+            if not ends:
+                raise ConsumeError(f"the topic {settings.topic} does not exist on the cluster")
+            moves = {p: end for (_, p), end in ends.items()} | moves
+        if moves:
+            store.set_positions(at, {(settings.topic, p): o for p, o in moves.items()})
+            for p, o in sorted(moves.items()):
+                print(f"{settings.topic}[{p}]: the store resumes at offset {o:,}")
+        measured = lag.measure(settings, at)
+    for p in measured.partitions:
+        end = "-" if p.end_offset is None else f"{p.end_offset:,}"
+        position = "-" if p.stored_position is None else f"{p.stored_position:,}"
+        behind = "-" if p.lag is None else f"{p.lag:,}"
+        print(f"{p.topic}[{p.partition}]  position {position}  end {end}  lag {behind}")
+    if measured.broker_error:
+        print(f"kafka: {measured.broker_error}", file=sys.stderr)
     return 0
 
 
@@ -560,6 +607,23 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", "what the store holds: ticks, distinct ticks, dead letters, offsets", cmd_stats
     )
     p.add_argument("--json", action="store_true", help="as JSON")
+
+    p = verb(
+        "positions",
+        "show, or move, where the store resumes each partition (to replay or skip a range)",
+        cmd_positions,
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="PARTITION=OFFSET",
+        help="resume PARTITION at OFFSET: lower to replay, higher to skip (repeatable)",
+    )
+    p.add_argument(
+        "--to-end",
+        action="store_true",
+        help="resume every partition at its end offset now (skip what the topic holds)",
+    )
 
     p = verb("upkeep", "DuckLake: merge small files, expire old snapshots", cmd_upkeep)
     p.add_argument(

@@ -8,9 +8,17 @@ kills the consumer at each step, through :class:`ConsumeHooks`). Messages
 that are not valid ticks go to ``dead_letters`` with their raw bytes and the
 reason (:mod:`marketstream.decode`).
 
+Where a run resumes is the store's own position, written in each batch's
+transaction (:mod:`marketstream.store.positions`): every partition a consumer
+is given is sought there, never to a consumer group's committed offset. One
+consumer takes every partition by manual assignment, so it never waits for a
+group; workers (``MARKET_CONSUMERS`` > 1) share a group, and seek on each
+assignment (:class:`PartitionLog`).
+
 Pacing is a :class:`Policy`: :data:`BATCH` holds the store file and writes
-every poll, overlapping the next poll, until caught up; :data:`LIVE` runs
-until stopped and leaves the file free between writes so readers get in.
+every poll, overlapping the next poll, until the store has caught up with
+the topic's end offsets as read at the start (:class:`Targets`); :data:`LIVE`
+runs until stopped and leaves the file free between writes so readers get in.
 
 Speed (bench/README.md has the profile): kafka-python parses every record in
 pure Python on the calling thread, and that is the ceiling. So decoding and
@@ -51,6 +59,7 @@ from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.store import RunMetrics, Writer, locate, open_writer
+from marketstream.store.positions import as_key, behind
 
 __all__ = [
     "BATCH",
@@ -63,10 +72,12 @@ __all__ = [
     "DecodedBatch",
     "PartitionLog",
     "Policy",
+    "Targets",
     "caught_up",
     "consume",
     "decode_records",
     "gil_switch_interval",
+    "join",
     "wait_at_gate",
 ]
 
@@ -119,14 +130,17 @@ class Policy:
     #: ``None``: write every poll. Else wait this long after a write ends, letting
     #: polls accumulate, so readers can open the file in between.
     write_gap_s: float | None
-    #: End once every assigned partition has reached its end offset.
+    #: End once the store's positions have reached the topic's end offsets as read
+    #: when the run started (:class:`Targets`), every partition's, whoever stores it.
     stop_at_end: bool
-    #: End after the idle timeout without a record.
-    stop_when_idle: bool
 
 
-BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, stop_at_end=True, stop_when_idle=True)
-LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, stop_at_end=False, stop_when_idle=False)
+BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, stop_at_end=True)
+LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, stop_at_end=False)
+
+#: A worker with no partitions says so this often (the group is rebalancing, or
+#: waiting for members that died without leaving to time out).
+GROUP_WAIT_NOTE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -161,9 +175,17 @@ class Checkpoint:
         #: Kafka commits refused because the partitions had moved (the batch is stored)
         self.lost_commits = 0
 
-    def store(self, records: list, received_at: datetime) -> tuple[DecodedBatch, int]:
-        """Decode the records and commit them to the store; (batch, rows added)."""
+    def store(
+        self, records: list, received_at: datetime, advance: dict | None = None
+    ) -> tuple[DecodedBatch, int]:
+        """Decode the records and commit them to the store; (batch, rows added).
+
+        ``advance`` moves partitions' positions past offsets that hold no record for
+        this consumer (a transaction's commit marker, an aborted transaction's ticks).
+        """
         batch = decode_records(records, received_at)
+        if advance:
+            batch.offsets = {**advance, **batch.offsets}
         before = self.hooks.before_store_commit
         added = self.writer.write_batch(
             batch.ticks,
@@ -196,13 +218,38 @@ class Checkpoint:
 # --------------------------------------------------------------------------- the run
 
 
-def caught_up(consumer: Any) -> bool:
-    """True when every assigned partition's position has reached its end offset."""
-    assigned = consumer.assignment()
-    if not assigned:
-        return False
-    ends = consumer.end_offsets(list(assigned))
-    return all(consumer.position(tp) >= ends[tp] for tp in assigned)
+@dataclass
+class Targets:
+    """Every partition of the topic and its end offset when the run started (with
+    ``read_committed``, the last stable offset): what a batch run must store."""
+
+    ends: dict[tuple[str, int], int]
+
+    @classmethod
+    def read(cls, consumer: Any, topic: str) -> Targets:
+        partitions = topic_partitions(consumer, topic)
+        ends = consumer.end_offsets(partitions)
+        return cls({as_key(tp): int(end) for tp, end in ends.items()})
+
+    def behind(self, writer: Writer) -> int:
+        """Messages below the targets that the store has not reached."""
+        return behind(self.ends, writer.positions(self.ends))
+
+
+def topic_partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+    """The topic's partitions (an error naming the topic if it does not exist)."""
+    numbers = consumer.partitions_for_topic(topic)
+    if not numbers:
+        raise ConsumeError(
+            f"the topic {topic} does not exist on the cluster yet: produce to it first "
+            "(marketstream produce, or make demo)"
+        )
+    return [TopicPartition(topic, n) for n in sorted(numbers)]
+
+
+def caught_up(writer: Writer, targets: Targets) -> bool:
+    """True when the store has every message below the targets (every partition)."""
+    return targets.behind(writer) == 0
 
 
 @contextmanager
@@ -258,20 +305,33 @@ class _Loop:
     bar: Any
     log: Any
     run_id: str
+    listener: PartitionLog
+    targets: Targets | None = None
     tally: Tally = field(default_factory=Tally)
     submitted: int = 0
     pending: list = field(default_factory=list)
     last_data: float = field(default_factory=time.monotonic)
     last_write_end: float = 0.0
+    unassigned_since: float | None = None
+    store_failed: bool = False
 
     def __post_init__(self) -> None:
         # One writer thread: store transactions stay strictly in poll order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketstream-writer")
         self.in_flight: deque[_InFlight] = deque()
 
-    def _store(self, records: list, received_at: datetime) -> tuple[DecodedBatch, int]:
+    def _store(
+        self, records: list, received_at: datetime, advance: dict | None = None
+    ) -> tuple[DecodedBatch, int]:
+        # A batch queued behind one that failed must not be stored: its positions would
+        # move past the failed batch's records, and no run would read them again.
+        if self.store_failed:
+            raise ConsumeError("an earlier batch was not stored; this one is left for a rerun")
         try:
-            return self.checkpoint.store(records, received_at)
+            return self.checkpoint.store(records, received_at, advance)
+        except BaseException:
+            self.store_failed = True
+            raise
         finally:
             self.last_write_end = time.monotonic()
 
@@ -279,6 +339,7 @@ class _Loop:
         """Wait for the oldest batch's store commit, then (only then) commit its offsets."""
         job = self.in_flight.popleft()
         batch, added = job.future.result()
+        self.listener.stored(batch.offsets)
         self.checkpoint.commit(batch, added)
         if batch.dead.num_rows:
             first = {
@@ -308,6 +369,42 @@ class _Loop:
         self.in_flight.append(_InFlight(len(records), future))
         self.submitted += len(records)
 
+    def advance(self) -> bool:
+        """Move the store's positions past offsets with no record for this consumer (a
+        transaction's marker, an aborted transaction's ticks), so that the position
+        can reach the end offset; True if a batch was submitted to do it."""
+        ahead = {}
+        for tp in self.consumer.assignment():
+            position = self.consumer.position(tp)
+            stored = self.listener.known.get(as_key(tp))
+            if position is not None and (stored is None or position > stored):
+                ahead[tp] = int(position)
+        if not ahead:
+            return False
+        future = self.executor.submit(self._store, [], datetime.now(UTC), ahead)
+        self.in_flight.append(_InFlight(0, future))
+        return True
+
+    def note_waiting(self) -> None:
+        """Say, every :data:`GROUP_WAIT_NOTE_S`, that this worker has no partitions yet."""
+        if self.consumer.assignment():
+            self.unassigned_since = None
+            return
+        now = time.monotonic()
+        if self.unassigned_since is None:
+            self.unassigned_since = now
+        elif now - self.unassigned_since >= GROUP_WAIT_NOTE_S:
+            waited = now - self.unassigned_since
+            note = (
+                f"waiting for the group {self.settings.consumer_group} to hand out partitions "
+                f"({waited:.0f} s so far): a member that left without saying so holds its "
+                f"partitions until its session expires, within "
+                f"{self.settings.session_timeout_s:.0f} s (KAFKA_SESSION_TIMEOUT_S)"
+            )
+            self.log.warning("waiting_for_group", extra={"run_id": self.run_id, "note": note})
+            print(note, file=sys.stderr, flush=True)
+            self.unassigned_since = now
+
     def poll(self, budget: int) -> list:
         timeout_ms = self.policy.poll_ms
         gap = self.policy.write_gap_s
@@ -324,6 +421,8 @@ class _Loop:
         return not self.in_flight and time.monotonic() - self.last_write_end >= gap
 
     def run(self, stop: threading.Event, max_messages: int | None, idle_limit_s: float) -> None:
+        """Poll and store until the policy's end, ``max_messages``, idle (``idle_limit_s``
+        > 0: the user asked for it), or ``stop``."""
         while not stop.is_set():
             budget = self.settings.batch_size - len(self.pending)
             if max_messages is not None:
@@ -340,10 +439,14 @@ class _Loop:
             if budget <= 0:
                 break
             self.settle_all()  # nothing to overlap with: commit what is written
-            if self.policy.stop_when_idle and time.monotonic() - self.last_data > idle_limit_s:
+            if self.listener.managed and self.advance():
+                continue
+            if idle_limit_s > 0 and time.monotonic() - self.last_data > idle_limit_s:
                 break
-            if self.policy.stop_at_end and caught_up(self.consumer):
+            if self.targets is not None and caught_up(self.checkpoint.writer, self.targets):
                 break
+            if self.listener.managed:
+                self.note_waiting()
         if self.pending:  # stop: finish the batch in hand
             self.submit()
         self.settle_all()
@@ -356,8 +459,15 @@ class _Loop:
 
 
 class PartitionLog(ConsumerRebalanceListener):
-    """Logs ``partitions_assigned`` / ``partitions_revoked`` with the run's id and group;
+    """Seeks each partition the consumer is given to the store's position, and logs
+    ``partitions_assigned`` / ``partitions_revoked`` with the run's id and group;
     while :meth:`hold` is on, it pauses what is assigned (the start gate).
+
+    Seeking here, inside the assignment, means the consumer never fetches from a
+    group's committed offset: a partition with a store position starts there; one
+    the store knows only by its rows, after the highest stored offset; one it
+    does not know, where ``auto.offset.reset`` says. kafka-python may call this
+    on its IO thread, so it uses only the consumer's non-blocking seek calls.
 
     With several workers in a group, which one holds which partition is what
     explains a worker that stored nothing (it joined after a short topic was read,
@@ -370,6 +480,51 @@ class PartitionLog(ConsumerRebalanceListener):
         self.run_id = run_id
         self.group = group
         self.held: Any = None  # the consumer whose new partitions are paused
+        #: the consumer and writer to seek with (:meth:`manage`); until then only logs
+        self.consumer: Any = None
+        self.writer: Any = None
+        #: each partition's position in the store, as far as this run knows
+        self.known: dict[tuple[str, int], int | None] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def managed(self) -> bool:
+        return self.consumer is not None
+
+    def manage(self, consumer: Any, writer: Writer) -> None:
+        """Seek ``consumer``'s partitions to ``writer``'s store from now on."""
+        self.consumer, self.writer = consumer, writer
+
+    def stored(self, offsets: dict) -> None:
+        """A batch moved these positions (the store has committed it)."""
+        with self._lock:
+            for tp, offset in offsets.items():
+                key = as_key(tp)
+                old = self.known.get(key)
+                self.known[key] = offset if old is None else max(old, offset)
+
+    def seek(self, assigned: Any) -> None:
+        """Point each partition at where the store resumes it."""
+        if not assigned or self.consumer is None:
+            return
+        points = self.writer.positions(assigned)
+        reset = str(getattr(self.consumer, "config", {}).get("auto_offset_reset", "earliest"))
+        fresh = [tp for tp in assigned if points.get(as_key(tp)) is None]
+        for tp in assigned:
+            point = points.get(as_key(tp))
+            if point is not None:
+                self.consumer.seek(tp, point)
+        if fresh:
+            (self.consumer.seek_to_end if reset == "latest" else self.consumer.seek_to_beginning)(
+                *fresh
+            )
+        with self._lock:
+            self.known.update(points)
+        extra = {
+            "run_id": self.run_id,
+            "positions": {f"{t}[{p}]": o for (t, p), o in sorted(points.items())},
+        }
+        self.log.info("resume_from_store", extra=extra)
 
     def hold(self, consumer: Any) -> None:
         self.held = consumer
@@ -391,6 +546,7 @@ class PartitionLog(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.held is not None:  # called inside poll, before it fetches
             self.held.pause(*assigned)
+        self.seek(assigned)
         self._say("partitions_assigned", assigned)
 
 
@@ -432,6 +588,10 @@ def consume(
 ) -> RunMetrics:
     """Consume until caught up (batch mode), ``max_messages``, idle, or ``stop`` is set.
 
+    Caught up means the store's positions have reached every partition's end offset
+    as read when the run started; the run's ``behind`` says how far it was from that
+    when it ended any other way.
+
     ``live=True`` uses the :data:`LIVE` policy (until ``stop``, the file free
     between writes); otherwise :data:`BATCH`; ``policy`` gives any other (the
     bench's end-to-end run reads a known count while the producer still
@@ -453,21 +613,29 @@ def consume(
     log.info(
         "consume_start", extra={"run_id": run_id, "topic": settings.topic, "mode": policy.mode}
     )
-    listener = PartitionLog(log, run_id, settings.consumer_group)
-    consumer = clients.consumer(settings, listener=listener)
     # A consumer among several (without the writer process they normally share) must
     # let go of a DuckDB file between batches, or it would keep the file's lock for its
     # whole run while the others wait outside the group (the bench found that).
     hold = policy.hold_store and settings.consumers == 1
     writer = open_writer(locate(settings), hold=hold)
+    listener = PartitionLog(log, run_id, settings.consumer_group)
+    try:
+        consumer = clients.consumer(settings, subscribe=False)
+    except BaseException:
+        writer.close()
+        raise
+    listener.manage(consumer, writer)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)
-    loop = _Loop(settings, policy, consumer, Checkpoint(consumer, writer, hooks), bar, log, run_id)
+    checkpoint = Checkpoint(consumer, writer, hooks)
+    loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
     status = "ok"
     try:
+        join(consumer, settings, listener)
         if gate is not None:
             wait_at_gate(consumer, listener, gate, stop)
             started_at = datetime.now(UTC)
             loop.last_data = time.monotonic()
+        loop.targets = Targets.read(consumer, settings.topic) if policy.stop_at_end else None
         with gil_switch_interval(GIL_SWITCH_INTERVAL_S):
             loop.run(stop, max_messages, idle_limit)
     except KafkaError as exc:
@@ -482,17 +650,44 @@ def consume(
                 operation="read",
             )
         ) from None
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         loop.close()
         bar.close()
         consumer.close(autocommit=False)
+        left = _behind(loop.targets, writer) if status == "ok" else 0
         run = _run_metrics(
             run_id, policy, settings, started_at, loop.tally, "stopped" if stop.is_set() else status
         )
+        run.behind = left
         writer.record_run(run)
         writer.close()
         log.info("consume_end", extra={"run_id": run_id, **_loggable(run)})
     return run
+
+
+def join(consumer: Any, settings: Settings, listener: PartitionLog) -> None:
+    """Take partitions: every one by manual assignment for a lone consumer, a share of
+    them through the group for one of several workers.
+
+    Why manual for one: it has no group to wait for. A consumer that was killed
+    stays a member of its group until its session times out (45 s by default), and
+    a new one subscribing sat in the rebalance for that long (36 s, measured after
+    three SIGKILLs). Its Kafka commits still go to the group, for lag tools.
+    """
+    if settings.consumers == 1:
+        partitions = topic_partitions(consumer, settings.topic)
+        consumer.assign(partitions)
+        listener.on_partitions_assigned(set(partitions))
+    else:
+        consumer.subscribe([settings.topic], listener=listener)
+
+
+def _behind(targets: Targets | None, writer: Writer) -> int:
+    """What a run leaves unstored of its targets (0 without targets: a live run)."""
+    return 0 if targets is None else targets.behind(writer)
 
 
 def _run_metrics(

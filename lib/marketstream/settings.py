@@ -160,7 +160,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("ticks_per_symbol", "MARKET_TICKS_PER_SYMBOL", "generated ticks per symbol"),
     Option("seed", "MARKET_SEED", "random seed of the generator"),
     Option("batch_size", "MARKET_BATCH_SIZE", "records per consumer micro-batch"),
-    Option("idle_timeout_s", "MARKET_IDLE_TIMEOUT_S", "batch consumer: stop after idle s"),
+    Option(
+        "idle_timeout_s",
+        "MARKET_IDLE_TIMEOUT_S",
+        "batch consumer: also stop after this many idle s (0: only once caught up)",
+    ),
     Option("live_rate", "MARKET_LIVE_RATE", "live mode: ticks/s per symbol"),
     Option("api_host", "MARKET_API_HOST", "API bind address"),
     Option("api_port", "MARKET_API_PORT", "API port"),
@@ -210,7 +214,7 @@ class Settings:
     ticks_per_symbol: int = 50
     seed: int = 42
     batch_size: int = 5000
-    idle_timeout_s: float = 5.0
+    idle_timeout_s: float = 0.0
     live_rate: float = 4.0
     api_host: str = "127.0.0.1"
     api_port: int = 8080

@@ -243,7 +243,15 @@ def test_stats_counts_ticks_distinct_ticks_dead_letters_and_offsets_per_partitio
     report = store.stats(path)
     assert (report["store"], report["ticks"], report["distinct_ticks"]) == ("duckdb", 5, 5)
     assert report["dead_letters"] == 1
-    assert report["partitions"] == [
-        {"topic": "t", "partition": 0, "max_offset": 9, "ticks": 5, "dead_letters": 1}
-    ]
+    [row] = report["partitions"]
+    newest = max(t.timestamp for t in ticks).replace(tzinfo=None).isoformat()
+    assert row == {
+        "topic": "t",
+        "partition": 0,
+        "stored_position": 10,  # no position stored (written without offsets): 9 + 1
+        "max_offset": 9,
+        "ticks": 5,
+        "dead_letters": 1,
+        "newest_event_time": newest,
+    }
     assert "distinct ticks  5" in store.render_stats(report)

@@ -10,20 +10,23 @@ settings into a :data:`Where` and every function takes one.
   catalog in PostgreSQL, for several writing processes at once.
 
 Modules: :mod:`.schema` (tables, views, batch shapes), :mod:`.files` and
-:mod:`.lake` (the backends), :mod:`.where` (dispatch, the kit's own catalog
-server), :mod:`.reads` (every query), :mod:`.stats` (what is stored).
+:mod:`.lake` (the backends, each a :class:`.backend.Backend`), :mod:`.where`
+(dispatch, the kit's own catalog server), :mod:`.positions` (where a consumer
+resumes: the store's own stream positions), :mod:`.reads` (every query),
+:mod:`.stats` (what is stored).
 """
 
+from marketstream.store.backend import Backend, Signature, Writer
 from marketstream.store.files import (
     NO_SIGNATURE,
     FileWriter,
-    Signature,
     db_files,
     init_db,
     observe_connections,
     remove_db,
 )
 from marketstream.store.lake import Lake, LakeWriter, Upkeep, upkeep
+from marketstream.store.positions import Positions
 from marketstream.store.reads import (
     INGEST_WINDOW_S,
     HealthSnapshot,
@@ -35,6 +38,7 @@ from marketstream.store.reads import (
     live_wide,
     market_metrics,
     metrics_v0,
+    partition_positions,
     pipeline_runs,
     pivot_wide,
     symbols_present,
@@ -53,7 +57,7 @@ from marketstream.store.stats import render as render_stats
 from marketstream.store.stats import stats
 from marketstream.store.where import (
     Where,
-    Writer,
+    backend,
     describe,
     exists,
     init_store,
@@ -62,6 +66,7 @@ from marketstream.store.where import (
     owned_store,
     read_connection,
     remove_store,
+    set_positions,
     signature,
 )
 
@@ -73,15 +78,18 @@ __all__ = [
     "NO_SIGNATURE",
     "SCHEMA",
     "TICK_BATCH_SCHEMA",
+    "Backend",
     "FileWriter",
     "HealthSnapshot",
     "Lake",
     "LakeWriter",
+    "Positions",
     "RunMetrics",
     "Signature",
     "Upkeep",
     "Where",
     "Writer",
+    "backend",
     "candles",
     "db_files",
     "dead_letters",
@@ -99,12 +107,14 @@ __all__ = [
     "observe_connections",
     "open_writer",
     "owned_store",
+    "partition_positions",
     "pipeline_runs",
     "pivot_wide",
     "read_connection",
     "remove_db",
     "remove_store",
     "render_stats",
+    "set_positions",
     "signature",
     "stats",
     "symbols_present",

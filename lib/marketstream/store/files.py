@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,48 @@ import duckdb
 import pyarrow as pa
 
 from marketstream.errors import StoreUnavailable
+from marketstream.store.backend import Signature
+from marketstream.store.positions import Positions, as_key, resume_points
 from marketstream.store.schema import SCHEMA, RunMetrics, run_insert
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked")
 
-#: A store's state as ``stat`` sees it; equal signatures mean equal data.
-Signature = tuple[int, int, int, int]
+
+#: A batch moves its partitions' positions forward, never back: a zombie's late batch
+#: must not undo its successor's progress. Only :meth:`FileBackend.set_positions` (the
+#: user's ``marketstream positions --set``) moves one back.
+_MOVE_POSITIONS = """
+    INSERT INTO stream_positions VALUES {rows}
+    ON CONFLICT (topic, "partition")
+    DO UPDATE SET next_offset = greatest(next_offset, excluded.next_offset)
+"""
+
+_SET_POSITIONS = """
+    INSERT INTO stream_positions VALUES {rows}
+    ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = excluded.next_offset
+"""
+
+
+def stored_positions(con: duckdb.DuckDBPyConnection) -> Positions:
+    """Every row of ``stream_positions`` (none in a file an older kit wrote, opened
+    read-only before a writer added the table)."""
+    try:
+        rows = con.execute(
+            'SELECT topic, "partition", next_offset FROM stream_positions'
+        ).fetchall()
+    except duckdb.CatalogException:
+        return {}
+    return {(str(t), int(p)): int(o) for t, p, o in rows}
+
+
+def _upsert_positions(con: duckdb.DuckDBPyConnection, sql: str, positions: Mapping) -> None:
+    if not positions:
+        return
+    params: list[object] = []
+    for tp, offset in positions.items():
+        params.extend((*as_key(tp), int(offset)))
+    rows = ", ".join("(?, ?, ?)" for _ in positions)
+    con.execute(sql.format(rows=rows), params).fetchall()
 
 
 #: The write-ahead log DuckDB keeps beside the database file.
@@ -162,8 +198,13 @@ class FileWriter:
         self.lock_timeout_s = lock_timeout_s
         init_db(path)
         self._con: duckdb.DuckDBPyConnection | None = None
+        #: A second connection on the held file, for :meth:`positions`: the rebalance
+        #: listener reads there while the writer thread may be inside a transaction.
+        self._reader: duckdb.DuckDBPyConnection | None = None
+        self._reader_lock = threading.Lock()
         if hold:
             self._con = _connect_with_retry(path, read_only=False, timeout_s=lock_timeout_s)
+            self._reader = self._con.cursor()
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -190,8 +231,8 @@ class FileWriter:
         what makes replays and re-produced files idempotent. ``before_commit``
         runs inside the transaction, rows inserted, just before ``COMMIT``: the
         seam fault-injection tests use to die at exactly that point. ``offsets``
-        (each partition's next offset) is not needed here: the primary keys make a
-        replayed record a no-op, whichever process replays it.
+        (each partition's next offset) moves ``stream_positions`` in the same
+        transaction, also for a batch of only duplicates or dead letters.
         """
         with self._connection() as con:
             con.execute("BEGIN TRANSACTION")
@@ -212,13 +253,23 @@ class FileWriter:
                         '"offset", "key", raw, reason, received_at FROM dead_batch'
                     ).fetchall()
                     con.unregister("dead_batch")
+                _upsert_positions(con, _MOVE_POSITIONS, offsets or {})
                 if before_commit is not None:
                     before_commit(con)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                with suppress(duckdb.Error):  # the original error is the one to see
+                    con.execute("ROLLBACK")
                 raise
         return int(added)
+
+    def positions(self, partitions: Iterable[Any]) -> dict[tuple[str, int], int | None]:
+        """Where each partition resumes (:func:`.positions.resume_points`)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                return resume_points(self._reader, stored_positions, partitions)
+            with self._connection() as con:
+                return resume_points(con, stored_positions, partitions)
 
     def record_run(self, run: RunMetrics) -> None:
         """Store one row of run metrics."""
@@ -228,6 +279,10 @@ class FileWriter:
 
     def close(self) -> None:
         """Release the file (a checkpoint happens here)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._con is not None:
             self._con.close()
             self._con = None
@@ -237,3 +292,54 @@ class FileWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FileBackend:
+    """The DuckDB file as a :class:`~marketstream.store.backend.Backend`."""
+
+    name = "duckdb"
+
+    def describe(self, at: Path) -> str:
+        return str(at)
+
+    def init(self, at: Path) -> None:
+        init_db(at)
+
+    def exists(self, at: Path) -> bool:
+        return at.exists()
+
+    def read_connection(self, at: Path, timeout_s: float) -> Any:
+        return read_connection(at, timeout_s=timeout_s)
+
+    def signature(self, at: Path) -> Signature:
+        return signature(at)
+
+    def open_writer(self, at: Path, *, hold: bool) -> Any:
+        # Imported here, not above: ``python -m marketstream.store.relay`` must find the
+        # module not yet imported by this package (runpy warns otherwise).
+        from marketstream.store import relay
+
+        address = os.environ.get(relay.ADDRESS_ENV)
+        if address:  # a worker among several: the writer process holds the file
+            return relay.RelayWriter(address, os.environ.get(relay.KEY_ENV, ""))
+        return FileWriter(at, hold=hold)
+
+    def remove(self, at: Path) -> None:
+        remove_db(at)
+
+    def stored_positions(self, con: duckdb.DuckDBPyConnection) -> Positions:
+        return stored_positions(con)
+
+    def set_positions(self, at: Path, positions: Positions) -> None:
+        init_db(at)
+        con = _connect_with_retry(at, read_only=False, timeout_s=30)
+        try:
+            _upsert_positions(con, _SET_POSITIONS, positions)
+        finally:
+            con.close()
+
+    def extra_stats(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        return {}
+
+
+BACKEND = FileBackend()

@@ -9,6 +9,10 @@ catalog is allowed for one machine, but two writers there fail with
 ``database is locked``, which DuckLake does not retry (20-43k rows/s, one
 writer at a time); a DuckDB-file catalog is one process only.
 
+**Positions.** The lake's stream positions (:mod:`marketstream.store.positions`)
+are its partition fences below: one mechanism, which both resumes a consumer
+and stops a replay.
+
 **Identity without keys.** A lake has no primary keys, so the file's
 ``INSERT OR IGNORE`` has no equivalent. Two rules take its place:
 
@@ -49,7 +53,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +65,7 @@ import pyarrow.compute as pc
 
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import home
+from marketstream.store.positions import Positions, resume_points
 from marketstream.store.schema import LAKE_SCHEMA, RunMetrics, run_insert
 
 #: The catalog's name inside each DuckDB connection.
@@ -344,16 +349,35 @@ def _below_fences(table: pa.Table, fences: Mapping[tuple[str, int], int | None])
     return table if mask is None else table.filter(pc.invert(mask))
 
 
-def stored_offsets(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], int]:
-    """Every fence's next offset: what the lake has stored of each topic-partition."""
-    out: dict[tuple[str, int], int] = {}
+def stored_positions(con: duckdb.DuckDBPyConnection) -> Positions:
+    """Every fence's next offset: the lake's stream positions
+    (:mod:`marketstream.store.positions`)."""
+    out: Positions = {}
     for table in sorted(_fence_tables(con)):
         row = con.execute(
-            f'SELECT topic, "partition", max(next_offset) FROM {table} GROUP BY ALL'
+            f'SELECT topic, "partition", max(next_offset) FROM {ALIAS}.{table} GROUP BY ALL'
         ).fetchone()
         if row is not None:
             out[(row[0], int(row[1]))] = int(row[2])
     return out
+
+
+def set_positions(lake: Lake, positions: Positions) -> None:
+    """Move fences to exactly these offsets (``marketstream positions --set``)."""
+    init_lake(lake)
+    con = connect(lake)
+    try:
+        known = _fence_tables(con)
+        con.execute("BEGIN TRANSACTION")
+        for (topic, partition), offset in positions.items():
+            table = fence_table(topic, partition)
+            if table in known:
+                con.execute(f"UPDATE {table} SET next_offset = ?", [int(offset)])
+            else:
+                LakeWriter._move_fence(con, topic, partition, None, int(offset))
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 _INSERT_TICKS = """
@@ -384,9 +408,21 @@ class LakeWriter:
         self.lake = lake
         init_lake(lake)
         self._con: duckdb.DuckDBPyConnection | None = connect(lake)
+        #: A second connection for :meth:`positions`: the rebalance listener reads there
+        #: while the writer thread may be inside a transaction on the first.
+        self._reader: duckdb.DuckDBPyConnection | None = self._con.cursor()
+        self._reader.execute(f"USE {ALIAS}")
+        self._reader_lock = threading.Lock()
         #: commits lost to another writer of the same partition (then retried)
         self.conflicts = 0
         self._fences: set[str] = set()
+
+    def positions(self, partitions: Iterable[Any]) -> dict[tuple[str, int], int | None]:
+        """Where each partition resumes: its fence (:func:`.positions.resume_points`)."""
+        with self._reader_lock:
+            if self._reader is None:
+                raise StoreUnavailable("the lake writer is closed")
+            return resume_points(self._reader, stored_positions, partitions)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -482,6 +518,10 @@ class LakeWriter:
 
     def close(self) -> None:
         """Close the connection (the lake needs no checkpoint)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._con is not None:
             self._con.close()
             self._con = None
@@ -568,3 +608,48 @@ def lake_info(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Files and snapshots, for ``marketstream stats``."""
     snapshots = con.execute(f"SELECT count(*) FROM ducklake_snapshots('{ALIAS}')").fetchone()[0]
     return {"data_files": _data_files(con), "snapshots": int(snapshots)}
+
+
+class LakeBackend:
+    """DuckLake as a :class:`~marketstream.store.backend.Backend`."""
+
+    name = "ducklake"
+
+    def describe(self, at: Lake) -> str:
+        return at.describe()
+
+    def init(self, at: Lake) -> None:
+        init_lake(at)
+
+    def exists(self, at: Lake) -> bool:
+        with read_connection(at) as con:
+            found = con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
+                "AND table_name = 'market_ticks'",
+                [ALIAS],
+            ).fetchone()
+        return bool(found and found[0])
+
+    def read_connection(self, at: Lake, timeout_s: float) -> Any:
+        return read_connection(at)
+
+    def signature(self, at: Lake) -> tuple[int, int, int, int]:
+        return signature(at)
+
+    def open_writer(self, at: Lake, *, hold: bool) -> LakeWriter:
+        return LakeWriter(at)
+
+    def remove(self, at: Lake) -> None:
+        drop_lake(at)
+
+    def stored_positions(self, con: duckdb.DuckDBPyConnection) -> Positions:
+        return stored_positions(con)
+
+    def set_positions(self, at: Lake, positions: Positions) -> None:
+        set_positions(at, positions)
+
+    def extra_stats(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        return lake_info(con)
+
+
+BACKEND = LakeBackend()

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from marketstream.store.positions import IMPLIED_SQL
 from marketstream.store.schema import METRICS_SELECT
-from marketstream.store.where import Where, exists, read_connection
+from marketstream.store.where import Where, backend, exists, read_connection
 
 
 def _frame(at: Where, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
@@ -30,6 +31,28 @@ def tick_count(at: Where) -> int:
         return 0
     with read_connection(at) as con:
         return int(con.execute("SELECT count(*) FROM market_ticks").fetchall()[0][0])
+
+
+def partition_positions(at: Where) -> dict[tuple[str, int], tuple[int | None, datetime | None]]:
+    """Per stored (topic, partition): the store's position (or, in a store an older kit
+    wrote, its highest offset + 1) and the event time of its newest tick."""
+    if not exists(at):
+        return {}
+    with read_connection(at) as con:
+        positions = backend(at).stored_positions(con)
+        implied = con.execute(IMPLIED_SQL).fetchall()
+        newest = con.execute(
+            'SELECT topic, "partition", max(event_time) FROM market_ticks GROUP BY ALL'
+        ).fetchall()
+    for topic, partition, offset in implied:
+        positions.setdefault((str(topic), int(partition)), int(offset))
+    out: dict[tuple[str, int], tuple[int | None, datetime | None]] = {
+        key: (offset, None) for key, offset in positions.items()
+    }
+    for topic, partition, when in newest:
+        key = (str(topic), int(partition))
+        out[key] = (out.get(key, (None, None))[0], when)
+    return out
 
 
 def ticks(at: Where, symbols: Sequence[str] | None = None) -> pd.DataFrame:

@@ -9,7 +9,8 @@ core: kafka-python's parsing) and hand their Arrow batches to this process,
 which holds the file and commits them one at a time. Each worker commits its
 Kafka offsets only after this process has answered that the batch is stored,
 so the delivery order is the same as in one process: poll, decode, store
-commit, Kafka commit; the file's primary keys skip what a replay brings twice.
+commit, Kafka commit; the file's primary keys skip what a replay brings twice,
+and each batch moves the file's stream positions in its transaction.
 
 The channel is :mod:`multiprocessing.connection` on a unix socket in the
 store's folder, with a random key (``MARKET_STORE_RELAY_KEY``) that only the
@@ -26,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
@@ -36,6 +37,7 @@ import pyarrow as pa
 
 from marketstream.errors import MarketstreamError, StoreUnavailable
 from marketstream.store.files import FileWriter
+from marketstream.store.positions import as_key
 from marketstream.store.schema import RunMetrics
 
 #: The environment variables a worker finds the writer process by (set by the kit).
@@ -113,7 +115,12 @@ class RelayWriter:
         run inside another process's transaction, so it is refused)."""
         if before_commit is not None:
             raise StoreUnavailable("before_commit runs only with the writer in this process")
-        return int(self._call("write", ticks, dead))
+        moved = {as_key(tp): int(o) for tp, o in (offsets or {}).items()}
+        return int(self._call("write", ticks, dead, moved))
+
+    def positions(self, partitions: Iterable[Any]) -> dict[tuple[str, int], int | None]:
+        """Where each partition resumes, as the writer process reads its file."""
+        return dict(self._call("positions", [as_key(tp) for tp in partitions]))
 
     def record_run(self, run: RunMetrics) -> None:
         """Store one row of run metrics."""
@@ -143,7 +150,9 @@ def _serve_one(conn: Connection, writer: FileWriter, lock: threading.Lock) -> No
             try:
                 with lock:  # one transaction at a time: the file has one connection
                     if message[0] == "write":
-                        answer: Any = writer.write_batch(message[1], message[2])
+                        answer: Any = writer.write_batch(message[1], message[2], offsets=message[3])
+                    elif message[0] == "positions":
+                        answer = writer.positions(message[1])
                     else:
                         writer.record_run(message[1])
                         answer = None

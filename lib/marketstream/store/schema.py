@@ -6,7 +6,7 @@ drift apart; they differ only in the primary keys a lake does not have.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 import pyarrow as pa
@@ -76,6 +76,18 @@ SELECT symbol, event_time, price, volume, received_at,
 FROM market_ticks;
 """
 
+#: The file's stream positions (:mod:`marketstream.store.positions`): one row per
+#: topic-partition, moved in each batch's transaction. The lake keeps its positions in
+#: one table per partition instead (:func:`marketstream.store.lake.fence_table`).
+POSITIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS stream_positions (
+    topic       VARCHAR   NOT NULL,
+    "partition" INTEGER   NOT NULL,
+    next_offset BIGINT    NOT NULL,   -- the next offset the store expects
+    PRIMARY KEY (topic, "partition")
+);
+"""
+
 #: The DuckDB file's schema: the primary keys are the identity checks
 #: (``INSERT OR IGNORE`` skips a tick or dead letter already stored).
 SCHEMA = (
@@ -84,6 +96,7 @@ SCHEMA = (
         key_dead=', PRIMARY KEY (topic, "partition", "offset")',
         key_runs=", PRIMARY KEY (run_id)",
     )
+    + POSITIONS_TABLE
     + VIEWS
 )
 
@@ -139,6 +152,14 @@ class RunMetrics:
     max_event_time: datetime | None
     throughput_per_s: float
     status: str = "ok"
+    #: Messages the run was to store (the topic's end offsets when it started) that the
+    #: store has not reached when it ended: 0 for a batch run that caught up. Reported,
+    #: not a ``pipeline_metrics`` column (:data:`RUN_COLUMNS`).
+    behind: int = 0
+
+
+#: The ``pipeline_metrics`` columns: every :class:`RunMetrics` field but ``behind``.
+RUN_COLUMNS = tuple(f.name for f in fields(RunMetrics) if f.name != "behind")
 
 
 def run_insert(run: RunMetrics, verb: str = "INSERT") -> tuple[str, list[object]]:
@@ -147,7 +168,7 @@ def run_insert(run: RunMetrics, verb: str = "INSERT") -> tuple[str, list[object]
     ``verb`` is ``INSERT OR REPLACE`` on the file, whose table has a primary key; the
     lake has none, and a run's id is new there, so a plain insert is its upsert.
     """
-    values = asdict(run)
+    values = {name: getattr(run, name) for name in RUN_COLUMNS}
     marks = ", ".join("?" for _ in values)
     return f"{verb} INTO pipeline_metrics ({', '.join(values)}) VALUES ({marks})", list(
         values.values()

@@ -9,11 +9,9 @@ letter's), which is how far the store has got in each partition.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from marketstream.store import lake
-from marketstream.store.where import Where, describe, exists, read_connection
+from marketstream.store.where import Where, backend, describe, exists, read_connection
 
 _COUNTS_SQL = """
     SELECT (SELECT count(*) FROM market_ticks),
@@ -25,19 +23,24 @@ _COUNTS_SQL = """
 _PARTITIONS_SQL = """
     SELECT topic, "partition", max("offset") AS max_offset,
            count(*) FILTER (WHERE kind = 'tick') AS ticks,
-           count(*) FILTER (WHERE kind = 'dead') AS dead_letters
-    FROM (SELECT topic, "partition", "offset", 'tick' AS kind FROM market_ticks
+           count(*) FILTER (WHERE kind = 'dead') AS dead_letters,
+           max(event_time) AS newest_event_time
+    FROM (SELECT topic, "partition", "offset", 'tick' AS kind, event_time FROM market_ticks
           UNION ALL
-          SELECT topic, "partition", "offset", 'dead' AS kind FROM dead_letters)
+          SELECT topic, "partition", "offset", 'dead' AS kind, NULL FROM dead_letters)
     GROUP BY ALL ORDER BY topic, "partition"
 """
 
 
 def stats(at: Where) -> dict[str, Any]:
-    """The store's counts (see the module docstring); an empty store has zeros."""
-    backend = "duckdb" if isinstance(at, Path) else "ducklake"
+    """The store's counts (see the module docstring); an empty store has zeros.
+
+    Each partition's ``stored_position`` is the store's own position (where a
+    consumer resumes), or, in a store an older kit wrote, its highest offset + 1.
+    """
+    impl = backend(at)
     out: dict[str, Any] = {
-        "store": backend,
+        "store": impl.name,
         "location": describe(at),
         "ticks": 0,
         "distinct_ticks": 0,
@@ -50,27 +53,45 @@ def stats(at: Where) -> dict[str, Any]:
     with read_connection(at) as con:
         ticks, distinct, dead, distinct_dead = con.execute(_COUNTS_SQL).fetchone()
         rows = con.execute(_PARTITIONS_SQL).fetchall()
-        extra = lake.lake_info(con) if not isinstance(at, Path) else {}
-        fences = lake.stored_offsets(con) if not isinstance(at, Path) else {}
+        positions = impl.stored_positions(con)
+        extra = impl.extra_stats(con)
+    partitions: dict[tuple[str, int], dict[str, Any]] = {}
+    for topic, partition, max_offset, n_ticks, n_dead, newest in rows:
+        partitions[(topic, int(partition))] = {
+            "topic": topic,
+            "partition": int(partition),
+            "stored_position": positions.get((topic, int(partition)), int(max_offset) + 1),
+            "max_offset": int(max_offset),
+            "ticks": int(n_ticks),
+            "dead_letters": int(n_dead),
+            "newest_event_time": newest.isoformat() if newest is not None else None,
+        }
+    for (topic, partition), position in positions.items():  # moved on with nothing stored
+        partitions.setdefault(
+            (topic, partition),
+            {
+                "topic": topic,
+                "partition": partition,
+                "stored_position": position,
+                "max_offset": None,
+                "ticks": 0,
+                "dead_letters": 0,
+                "newest_event_time": None,
+            },
+        )
     out.update(
         ticks=int(ticks),
         distinct_ticks=int(distinct),
         dead_letters=int(dead),
         distinct_dead_letters=int(distinct_dead),
-        partitions=[
-            {
-                "topic": topic,
-                "partition": int(partition),
-                "max_offset": int(max_offset),
-                "ticks": int(n_ticks),
-                "dead_letters": int(n_dead),
-                **({"fence": fences.get((topic, int(partition)))} if fences else {}),
-            }
-            for topic, partition, max_offset, n_ticks, n_dead in rows
-        ],
+        partitions=[partitions[key] for key in sorted(partitions)],
         **extra,
     )
     return out
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -85,11 +106,16 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"lake            {report['data_files']} data files, {report['snapshots']} snapshots"
         )
+    if report.get("broker"):
+        lines.append(f"kafka           {report['broker']}")
     if report["partitions"]:
-        lines.append("partition       highest stored offset   ticks   dead letters")
+        lines.append(
+            "partition         end offset   stored position        lag     ticks   dead letters"
+        )
         for p in report["partitions"]:
             lines.append(
                 f"  {p['topic']}[{p['partition']}]".ljust(16)
-                + f"{p['max_offset']:>21,}   {p['ticks']:>5,}   {p['dead_letters']:>12,}"
+                + f"{_cell(p.get('end_offset')):>12} {_cell(p['stored_position']):>17} "
+                + f"{_cell(p.get('lag')):>10} {p['ticks']:>9,} {p['dead_letters']:>14,}"
             )
     return "\n".join(lines)

@@ -10,7 +10,6 @@ starts its own PostgreSQL server for the block of work and stops it after.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,13 +18,12 @@ from typing import Any
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import Settings
 from marketstream.store import files, lake
+from marketstream.store.backend import Backend, Signature, Writer
 from marketstream.store.lake import Lake
+from marketstream.store.positions import Positions
 
 #: A store: the DuckDB file's path, or a lake.
 Where = Path | Lake
-
-#: What a writer of either backend offers (:class:`files.FileWriter`, :class:`lake.LakeWriter`).
-Writer = files.FileWriter | lake.LakeWriter | Any  # Any: relay.RelayWriter (imported late)
 
 
 def locate(settings: Settings) -> Where:
@@ -79,46 +77,44 @@ def owned_store(settings: Settings, *, keep: bool = False) -> Iterator[Settings]
             stop_postgres(settings.postgres_home)
 
 
+#: Each kind of :data:`Where` and the backend that handles it: the one place that looks
+#: at a store's type (a third backend is one module and one line here).
+BACKENDS: tuple[tuple[type, Backend], ...] = ((Path, files.BACKEND), (Lake, lake.BACKEND))
+
+
+def backend(at: Where) -> Backend:
+    """The backend for this store."""
+    for kind, implementation in BACKENDS:
+        if isinstance(at, kind):
+            return implementation
+    raise StoreUnavailable(f"no store backend for {at!r}")
+
+
 def describe(at: Where) -> str:
     """The store for a person: the file's path, or the lake (no password)."""
-    return str(at) if isinstance(at, Path) else at.describe()
+    return backend(at).describe(at)
 
 
 def init_store(at: Where) -> None:
     """Create the tables and views if missing (idempotent)."""
-    if isinstance(at, Path):
-        files.init_db(at)
-    else:
-        lake.init_lake(at)
+    backend(at).init(at)
 
 
 def exists(at: Where) -> bool:
     """Whether anything has been stored there yet (a lake: whether its tables exist)."""
-    if isinstance(at, Path):
-        return at.exists()
-    with lake.read_connection(at) as con:
-        found = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
-            "AND table_name = 'market_ticks'",
-            [lake.ALIAS],
-        ).fetchone()
-    return bool(found and found[0])
+    return backend(at).exists(at)
 
 
 @contextmanager
 def read_connection(at: Where, timeout_s: float = 5.0) -> Iterator[Any]:
     """A connection for reading: never a half-written batch, never a writer kept waiting."""
-    if isinstance(at, Path):
-        with files.read_connection(at, timeout_s=timeout_s) as con:
-            yield con
-    else:
-        with lake.read_connection(at) as con:
-            yield con
+    with backend(at).read_connection(at, timeout_s) as con:
+        yield con
 
 
-def signature(at: Where) -> files.Signature:
+def signature(at: Where) -> Signature:
     """Equal signatures mean equal data (a file: stat of it and its WAL; a lake: its snapshot)."""
-    return files.signature(at) if isinstance(at, Path) else lake.signature(at)
+    return backend(at).signature(at)
 
 
 def open_writer(at: Where, *, hold: bool = True) -> Writer:
@@ -128,21 +124,14 @@ def open_writer(at: Where, *, hold: bool = True) -> Writer:
     they share in its environment (set by :func:`marketstream.workers.start_workers`)
     and writes through it (:mod:`marketstream.store.relay`).
     """
-    if isinstance(at, Path):
-        # Imported here, not above: ``python -m marketstream.store.relay`` must find the
-        # module not yet imported by this package (runpy warns otherwise).
-        from marketstream.store import relay
+    return backend(at).open_writer(at, hold=hold)
 
-        address = os.environ.get(relay.ADDRESS_ENV)
-        if address:
-            return relay.RelayWriter(address, os.environ.get(relay.KEY_ENV, ""))
-        return files.FileWriter(at, hold=hold)
-    return lake.LakeWriter(at)
+
+def set_positions(at: Where, positions: Positions) -> None:
+    """Move the store's positions to exactly these offsets (to replay or skip a range)."""
+    backend(at).set_positions(at, positions)
 
 
 def remove_store(at: Where) -> None:
     """Delete everything stored (for a fresh run): the file, or the lake's tables and files."""
-    if isinstance(at, Path):
-        files.remove_db(at)
-        return
-    lake.drop_lake(at)
+    backend(at).remove(at)
