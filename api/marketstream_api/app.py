@@ -8,7 +8,8 @@ traceback page.
 
 Two seams, so tests (and embedders) pass collaborators instead of patching
 module globals: ``clients`` / ``broker_check`` for the broker probe of
-``/health`` (:mod:`.health`), and ``reader``, the store reads every endpoint makes.
+``/health`` (:mod:`.health`) and for ``/lag``'s end offsets, and ``reader``, the
+store reads every endpoint makes.
 
 Time ranges: ``/live``, ``/candles``, ``/metrics`` and ``/runs`` take ``since``
 (exclusive) and ``until`` (inclusive), so a Grafana panel asking with the
@@ -36,6 +37,9 @@ from werkzeug.exceptions import HTTPException, NotFound
 from marketstream import __version__, store
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import StoreUnavailable
+from marketstream.lag import LagReport
+from marketstream.lag import end_offsets as read_end_offsets
+from marketstream.lag import measure as measure_lag
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 
@@ -164,7 +168,12 @@ def _runs(settings: Settings, reader: StoreReader, cache: ReadCache) -> dict[str
 
 
 def _register_routes(
-    app: Flask, settings: Settings, reader: StoreReader, probe: BrokerProbe, cache: ReadCache
+    app: Flask,
+    settings: Settings,
+    reader: StoreReader,
+    probe: BrokerProbe,
+    cache: ReadCache,
+    lag_reader: Callable[[Settings, store.Where], LagReport],
 ) -> None:
     spec_version = __version__
 
@@ -204,6 +213,17 @@ def _register_routes(
     @app.get("/v0/metrics")
     def metrics_v0() -> Response:
         return json_response(_metrics_v0(settings, reader, cache))
+
+    @app.get("/lag")
+    def lag() -> Response:
+        measured = lag_reader(settings, store.locate(settings))
+        body = {
+            "topic": settings.topic,
+            "lag": measured.total,
+            "partitions": measured.rows(),
+            "error": measured.broker_error,
+        }
+        return json_response(body, 503 if measured.broker_error else 200)
 
     @app.get("/health")
     def health() -> Response:
@@ -250,13 +270,15 @@ def create_app(
     clients: KafkaClients = DEFAULT_CLIENTS,
     broker_check: BrokerCheck | None = None,
     reader: StoreReader | None = None,
+    end_offsets: Callable[[Settings], dict[tuple[str, int], int]] | None = None,
 ) -> Flask:
     """Build the app for ``settings`` (default: from the environment).
 
     ``/health`` probes the broker with ``clients.reachable`` (the settings'
-    SASL/SSL options included); ``broker_check(settings, timeout_s)`` replaces
-    that probe, for tests and for embedding where Kafka reachability is known
-    some other way. ``reader`` replaces the store reads (see :class:`StoreReader`).
+    SASL/SSL options included), ``/lag`` reads end offsets with ``clients``;
+    ``broker_check(settings, timeout_s)`` replaces that probe, for tests and for embedding
+    where Kafka reachability is known some other way. ``reader`` replaces the store
+    reads (see :class:`StoreReader`).
     """
     settings = settings or Settings.from_env()
     reader = reader or StoreReader()
@@ -269,7 +291,8 @@ def create_app(
         store.locate(settings), min_age_s=settings.api_cache_s, max_stale_s=settings.api_stale_s
     )
     app.extensions["marketstream_read_cache"] = cache
-    _register_routes(app, settings, reader, probe, cache)
+    ends = end_offsets or (lambda s: read_end_offsets(s, clients))
+    _register_routes(app, settings, reader, probe, cache, lambda s, at: measure_lag(s, at, ends))
     _register_errors(app, settings)
 
     @app.after_request

@@ -253,6 +253,35 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "PartitionLag": {
+        "type": "object",
+        "required": [
+            "topic",
+            "partition",
+            "end_offset",
+            "stored_position",
+            "lag",
+            "newest_tick_age_s",
+        ],
+        "properties": {
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "end_offset": _NULLABLE_INT,
+            "stored_position": _NULLABLE_INT,
+            "lag": _NULLABLE_INT,
+            "newest_tick_age_s": {"type": ["number", "null"]},
+        },
+    },
+    "Lag": {
+        "type": "object",
+        "required": ["topic", "lag", "partitions", "error"],
+        "properties": {
+            "topic": {"type": "string"},
+            "lag": _NULLABLE_INT,
+            "partitions": {"type": "array", "items": _ref("PartitionLag")},
+            "error": {"type": ["string", "null"]},
+        },
+    },
     "Index": {
         "type": "object",
         "properties": {
@@ -383,6 +412,26 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _array_of("V0Metric", "one object per symbol, by symbol"),
                     **_errors(503, 500),
+                },
+            }
+        },
+        "/lag": {
+            "get": {
+                "summary": "per partition: the topic's end offset, the store's position, lag",
+                "description": (
+                    "lag is measured from the store's own position (where a consumer resumes), "
+                    "not from a consumer group; with read_committed the end offset is the last "
+                    "stable offset. newest_tick_age_s is now minus the newest stored tick's "
+                    "event time."
+                ),
+                "responses": {
+                    "200": _json(_ref("Lag"), "one object per partition, by partition"),
+                    "503": _json(
+                        _ref("Lag"),
+                        "Kafka did not answer (error names it): the store's positions are "
+                        "still given, end offsets and lag are null; or the store is unreadable",
+                    ),
+                    "500": _json(_ref("Error"), "unexpected failure (short message)"),
                 },
             }
         },

@@ -174,6 +174,8 @@ class Checkpoint:
         self.hooks = hooks
         #: Kafka commits refused because the partitions had moved (the batch is stored)
         self.lost_commits = 0
+        #: what this run has committed to Kafka, per partition
+        self.kafka_committed: dict[tuple[str, int], int] = {}
 
     def store(
         self, records: list, received_at: datetime, advance: dict | None = None
@@ -199,10 +201,28 @@ class Checkpoint:
         """Commit the batch's offsets to Kafka: only ever after :meth:`store` returned."""
         if self.hooks.before_kafka_commit is not None:
             self.hooks.before_kafka_commit(batch, added)
+        if not self._commit_kafka(batch.offsets):
+            return
+        if self.hooks.after_kafka_commit is not None:
+            self.hooks.after_kafka_commit(batch, added)
+
+    def sync_kafka(self, stored: dict[tuple[str, int], int | None], assigned: Any) -> None:
+        """Commit to Kafka the store's positions it does not have yet from this run: a
+        partition the store had already caught up on before the run, or moved past a
+        marker. Lag tools then see what is stored."""
+        owned = {as_key(tp) for tp in assigned}
+        behind = {
+            TopicPartition(*tp): o
+            for tp, o in stored.items()
+            if o is not None and tp in owned and self.kafka_committed.get(tp) != o
+        }
+        if behind:
+            self._commit_kafka(behind)
+
+    def _commit_kafka(self, offsets: dict) -> bool:
+        """Commit ``offsets`` to Kafka; False if the group had moved on (see below)."""
         try:
-            self.consumer.commit(
-                {tp: OffsetAndMetadata(o, "", -1) for tp, o in batch.offsets.items()}
-            )
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
         except MOVED_ON:
             # The group moved these partitions to another worker while this batch was
             # being stored (a rebalance, or this worker stalled past its session
@@ -210,9 +230,10 @@ class Checkpoint:
             # committed offset, and the store skips what it already has (the file's
             # keys, the lake's partition fences), so nothing is lost or doubled.
             self.lost_commits += 1
-            return
-        if self.hooks.after_kafka_commit is not None:
-            self.hooks.after_kafka_commit(batch, added)
+            return False
+        for tp, o in offsets.items():
+            self.kafka_committed[as_key(tp)] = o
+        return True
 
 
 # --------------------------------------------------------------------------- the run
@@ -441,6 +462,7 @@ class _Loop:
             self.settle_all()  # nothing to overlap with: commit what is written
             if self.listener.managed and self.advance():
                 continue
+            self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
             if idle_limit_s > 0 and time.monotonic() - self.last_data > idle_limit_s:
                 break
             if self.targets is not None and caught_up(self.checkpoint.writer, self.targets):
@@ -450,6 +472,7 @@ class _Loop:
         if self.pending:  # stop: finish the batch in hand
             self.submit()
         self.settle_all()
+        self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
 
     def close(self) -> None:
         """Cancel what was never committed (only after an error) and stop the writer."""
@@ -494,6 +517,11 @@ class PartitionLog(ConsumerRebalanceListener):
     def manage(self, consumer: Any, writer: Writer) -> None:
         """Seek ``consumer``'s partitions to ``writer``'s store from now on."""
         self.consumer, self.writer = consumer, writer
+
+    def positions(self) -> dict[tuple[str, int], int | None]:
+        """A copy of :attr:`known`."""
+        with self._lock:
+            return dict(self.known)
 
     def stored(self, offsets: dict) -> None:
         """A batch moved these positions (the store has committed it)."""

@@ -16,6 +16,7 @@ transaction does not count as lag.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -105,14 +106,17 @@ def end_offsets(
 def measure(
     settings: Settings,
     at: Where,
-    clients: KafkaClients = DEFAULT_CLIENTS,
+    ends_of: Callable[[Settings], dict[tuple[str, int], int]] = end_offsets,
     now: datetime | None = None,
 ) -> LagReport:
-    """The lag of every partition of ``settings.topic`` (and any the store holds of it)."""
+    """The lag of every partition of ``settings.topic`` (and any the store holds of it).
+
+    ``ends_of(settings)`` reads the end offsets (:func:`end_offsets` unless replaced).
+    """
     stored = {key: row for key, row in partition_positions(at).items() if key[0] == settings.topic}
     error: str | None = None
     try:
-        ends = end_offsets(settings, clients)
+        ends = ends_of(settings)
     except KafkaUnavailable as exc:
         ends, error = {}, str(exc)
     now = now or datetime.now(UTC)

@@ -45,6 +45,8 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from marketstream import store
+from marketstream.lag import LagReport
+from marketstream.lag import measure as measure_lag
 from marketstream.settings import Settings
 
 #: Columns of the statistics table: the store's ``market_metrics``, in the API's order.
@@ -74,6 +76,8 @@ class Snapshot:
     newest: datetime | None
     wide: pd.DataFrame
     metrics: pd.DataFrame
+    #: the store's lag behind the topic (:mod:`marketstream.lag`); None if not measured
+    lag: LagReport | None = None
 
     @property
     def freshness_s(self) -> float | None:
@@ -91,7 +95,18 @@ def read_snapshot(settings: Settings, window_s: int) -> Snapshot:
     since = (taken_at - timedelta(seconds=window_s)).replace(tzinfo=None)
     wide = store.live_wide(at, limit=window_s, since=since)
     metrics = store.market_metrics(at)
-    return Snapshot(taken_at, health["ticks"], health["newest_event_time"], wide, metrics)
+    lag = measure_lag(settings, at)
+    return Snapshot(taken_at, health["ticks"], health["newest_event_time"], wide, metrics, lag)
+
+
+def lag_text(lag: LagReport | None) -> str:
+    """The status bar's lag: messages in the topic the store has not taken yet."""
+    if lag is None:
+        return ""
+    if lag.broker_error is not None:
+        return " · lag unknown: Kafka does not answer"
+    return f' · lag <b class="ms-lag">{lag.total:,}</b> messages'
+
 
 
 def live_figure(symbols: tuple[str, ...]) -> go.FigureWidget:
@@ -173,7 +188,7 @@ def stats_cells(metrics: pd.DataFrame) -> list[list[Any]]:
 
 
 def status_html(snapshot: Snapshot | None, refresh_s: float, error: str | None = None) -> str:
-    """The status bar: tick count, newest event, freshness, or what is wrong."""
+    """The status bar: tick count, newest event, freshness, lag, or what is wrong."""
     now = datetime.now(UTC).strftime("%H:%M:%S")
     if error is not None:
         return (
@@ -186,7 +201,7 @@ def status_html(snapshot: Snapshot | None, refresh_s: float, error: str | None =
     return (
         f'<div class="ms-status ms-live">● live · <b class="ms-ticks">{snapshot.ticks:,}</b> '
         f"ticks · newest event {newest} UTC · freshness "
-        f'<b class="ms-freshness">{snapshot.freshness_s:.2f} s</b> · '
+        f'<b class="ms-freshness">{snapshot.freshness_s:.2f} s</b>{lag_text(snapshot.lag)} · '
         f"refreshed {now} UTC, every {refresh_s:g} s</div>"
     )
 

@@ -98,6 +98,8 @@ def start_workers(
     ``pg_type``, which DuckLake does not retry), and extensions are installed once.
     """
     init_store(locate(settings))
+    # each worker must know it has company: one alone takes every partition itself
+    settings = settings.with_(consumers=count)
     folder = logs or settings.log_path.parent
     children: list[Child] = []
     extra: dict[str, str] = {}

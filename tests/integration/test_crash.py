@@ -34,6 +34,7 @@ import psutil
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from marketstream import broker, store
 from marketstream.clients import DEFAULT_CLIENTS, connection_config
@@ -116,6 +117,21 @@ def end_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
+def reset_group(settings: Settings) -> None:
+    """Commit offset 0 for every partition in the group (no member of it runs)."""
+    consumer = KafkaConsumer(
+        **connection_config(settings), group_id=settings.consumer_group, enable_auto_commit=False
+    )
+    try:
+        tps = [
+            TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic)
+        ]
+        consumer.assign(tps)
+        consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in tps})
+    finally:
+        consumer.close(autocommit=False)
+
+
 def stored_below(db: Path, committed: dict[int, int]) -> dict[int, int]:
     """Per partition, how many stored rows have an offset below the committed one."""
     with store.read_connection(db) as con:
@@ -151,9 +167,10 @@ def runs(db: Path) -> list[dict]:
 
 def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
     """120,000 ticks; four consumer processes die by SIGKILL, each restarted from the
-    group's committed offsets: two killed from outside after 20,000 more committed
+    store's positions: two killed from outside after 20,000 more committed
     offsets (plus a random 0-200 ms, so the kill lands anywhere in a batch), one
-    inside the DuckDB transaction and one between the DuckDB and the Kafka commit."""
+    inside the DuckDB transaction and one between the DuckDB and the Kafka commit. Then
+    the group's offsets are reset to 0, and the last run still resumes at the store's."""
     settings = fresh.with_(symbols=SYMBOLS)
     ticks = generate_ticks(SYMBOLS, 30_000, seed=7)
     total = len(ticks)
@@ -201,6 +218,11 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
                 assert ahead > 0  # stored, not committed: the next run must skip these
             history.append({"kill": how, "committed": sum(committed.values()), "rows": rows})
         assert runs(settings.db_path) == []  # SIGKILL leaves no chance to write metrics
+        # the group's committed offsets go back to 0, as a user resetting the group (or a
+        # new group name) would leave them: the store's positions, not these, say where
+        # the next run resumes
+        reset_group(settings)
+        assert sum(committed_offsets(admin, settings).values()) == 0
 
         proc = start_consumer(settings, wrapped=True)
         code, _out, err = finish(proc)
@@ -218,11 +240,13 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
     [last] = runs(settings.db_path)
     before = history[-1]
     assert last["status"] == "ok"
-    # the final run read from the last committed offsets: what the killed run had
-    # written but not committed is replayed and skipped as duplicates, never re-added
-    assert last["messages_processed"] == total - before["committed"]
+    # the last killed run had stored more than it committed to Kafka, and the group was
+    # then reset to 0: the final run read from the store's positions, so it read exactly
+    # what the store lacked, nothing twice
+    assert before["rows"] - before["committed"] > 0
+    assert last["messages_processed"] == total - before["rows"]
     assert last["rows_inserted"] == total - before["rows"]
-    assert last["duplicates"] == before["rows"] - before["committed"] > 0
+    assert last["duplicates"] == 0
     assert last["errors"] == 0
     print(
         f"final run: {last['messages_processed']} read, {last['rows_inserted']} new, "
@@ -237,9 +261,51 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
 STOP_AFTER = 5_000
 
 
+def test_three_sigkilled_cli_runs_then_a_fourth_stores_everything_and_only_then_ends(fresh):
+    """240,000 ticks; ``marketstream consume`` SIGKILLed mid-run three times in a row.
+
+    Before the store owned its position, the fourth run sat in a rebalance until
+    the killed members' sessions expired (36 s), then called itself done after 5 s
+    without data, with ~205,000 ticks unread, and exited 0. Now a lone consumer
+    has no group to wait for, and it ends only once the store has every tick."""
+    settings = fresh.with_(symbols=SYMBOLS)
+    ticks = generate_ticks(SYMBOLS, 60_000, seed=13)
+    total = len(ticks)
+    summary = produce_ticks(ticks, settings, progress=False)
+    assert (summary.sent, summary.failed) == (total, 0)
+    admin = DEFAULT_CLIENTS.admin(settings)
+    try:
+        for _ in range(3):
+            start = sum(committed_offsets(admin, settings).values())
+            proc = start_consumer(settings)
+            wait_until(
+                lambda s=start: sum(committed_offsets(admin, settings).values()) >= s + 15_000,
+                90,
+                "15,000 more committed offsets",
+                interval_s=0.05,
+                died=exited(proc),
+            )
+            proc.send_signal(signal.SIGKILL)
+            finish(proc, 60)
+            assert proc.returncode == -signal.SIGKILL
+    finally:
+        admin.close()
+    rows = store_counts(settings.db_path)[0]
+    assert rows < total  # killed mid-run: most of the topic is still to store
+
+    proc = start_consumer(settings)
+    code, out, err = finish(proc, 180)
+    assert code == 0, err[-2000:]
+    assert f"consumed {total - rows} messages: {total - rows} new rows, 0 already" in out
+    assert "not caught up" not in err
+    assert store_counts(settings.db_path) == (total, total, total)
+    assert_store_equals(settings.db_path, ticks)
+
+
 def test_sigterm_and_ctrl_c_finish_the_batch_commit_and_resume_exactly(fresh):
     """Stop by SIGTERM, then by SIGINT, then run to the end: three runs, each a
-    pipeline_metrics row, no message read twice and none skipped.
+    pipeline_metrics row, no message read twice and none skipped; a stopped run says
+    how many messages it left and exits 1.
 
     A signal must land before the consumer reaches the topic's end (a batch run stops
     there by itself): each stopped run waits for only STOP_AFTER more committed offsets,
@@ -266,9 +332,11 @@ def test_sigterm_and_ctrl_c_finish_the_batch_commit_and_resume_exactly(fresh):
             )
             proc.send_signal(sig)
             code, out, err = finish(proc, 60)
-            assert code == 0, err[-2000:]
             assert f"{sig.name}: finishing the current batch" in err
             committed = sum(committed_offsets(admin, fresh).values())
+            # stopped with ticks left: the last line names them and the exit is not 0
+            assert code == 1, err[-2000:]
+            assert f"not caught up: {total - committed:,} messages of {fresh.topic}" in err
             run = runs(fresh.db_path)[-1]
             assert run["status"] == "stopped"
             # the batch in hand was written AND committed: what the run read is exactly

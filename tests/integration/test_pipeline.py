@@ -61,8 +61,12 @@ def test_csv_to_duckdb_exact_rows_and_values(fresh):
 def test_replay_and_reproduce_never_duplicate(fresh):
     _produce_sample(fresh)
     consume(fresh, progress=False)
-    # a second consumer group replays the whole topic from offset 0
-    replay = consume(fresh.with_(consumer_group=fresh.consumer_group + "-replay"), progress=False)
+    # another consumer group on the same store resumes at the store's positions: nothing
+    other = consume(fresh.with_(consumer_group=fresh.consumer_group + "-other"), progress=False)
+    assert (other.messages_processed, other.behind) == (0, 0)
+    # the store's positions moved back to 0 replay the whole topic, adding nothing
+    store.set_positions(fresh.db_path, {(fresh.topic, p): 0 for p in range(fresh.partitions)})
+    replay = consume(fresh, progress=False)
     assert (replay.messages_processed, replay.rows_inserted, replay.duplicates) == (150, 0, 150)
     # producing the same CSV again puts 150 new offsets on the topic, same ticks
     produce_csv(fresh.csv_path, fresh, progress=False)

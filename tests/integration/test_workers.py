@@ -112,7 +112,8 @@ def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:
     refused: the CLI says which setting, not a KafkaError's class name."""
     settings = fresh.with_(session_timeout_s=2.0)
     ensure_topic(settings)
-    proc = cli(settings, "consume", "-q", check=False)
+    # workers join a group (a lone consumer takes its partitions without one)
+    proc = cli(settings, "consume", "-q", "--workers", "2", check=False)
     assert proc.returncode != 0
     assert "the broker refuses KAFKA_SESSION_TIMEOUT_S=2" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr

@@ -18,12 +18,20 @@ def app_for(
     *,
     broker_up: bool = True,
     reader: StoreReader | None = None,
+    ends: dict[tuple[str, int], int] | None = None,
     **overrides: Any,
 ) -> Flask:
     """The app for a store at ``db_path``, logging into ``log_dir``; its broker probe
-    answers ``broker_up`` without asking Kafka. ``overrides`` go to the settings."""
+    answers ``broker_up`` without asking Kafka, and ``/lag`` takes ``ends`` as the
+    topic's end offsets (without them it asks the settings' broker, which is not
+    there). ``overrides`` go to the settings."""
     settings = Settings().with_(db_path=db_path, log_path=log_dir / "api.log", **overrides)
-    return create_app(settings, broker_check=lambda settings, timeout_s: broker_up, reader=reader)
+    return create_app(
+        settings,
+        broker_check=lambda settings, timeout_s: broker_up,
+        reader=reader,
+        end_offsets=None if ends is None else (lambda settings: dict(ends)),
+    )
 
 
 def get_json(client: Any, url: str, status: int = 200) -> Any:

@@ -438,3 +438,42 @@ def test_index_lists_endpoints(client):
     body = get_json(client, "/")
     paths = [e["path"] for e in body["endpoints"]]
     assert {"/metrics", "/live", "/candles", "/runs", "/health", "/openapi.json"} <= set(paths)
+
+
+def test_lag_without_a_broker_is_a_503_naming_it_and_still_gives_the_positions(tmp_path):
+    """Nothing listens at the configured port: /lag says so, with the store's positions."""
+    from marketstream.processes import free_port
+
+    db = tmp_path / "m.duckdb"
+    ticks = tick_table(generate_ticks(("SP500",), 10), topic="market_ticks")
+    with store.open_writer(db) as writer:
+        writer.write_batch(ticks, offsets={("market_ticks", 0): 25})
+    servers = f"127.0.0.1:{free_port()}"
+    client = app_for(db, tmp_path, bootstrap_servers=servers).test_client()
+    body = get_json(client, "/lag", 503)
+    assert servers in body["error"]
+    assert body["lag"] is None
+    [row] = body["partitions"]
+    assert (row["partition"], row["stored_position"], row["end_offset"], row["lag"]) == (
+        0,
+        25,
+        None,
+        None,
+    )
+
+
+def test_lag_is_end_offset_minus_the_store_position(tmp_path):
+    db = tmp_path / "m.duckdb"
+    ticks = tick_table(generate_ticks(("SP500",), 10), topic="market_ticks")
+    with store.open_writer(db) as writer:
+        writer.write_batch(ticks, offsets={("market_ticks", 0): 25})
+    ends = {("market_ticks", 0): 40, ("market_ticks", 1): 7}  # partition 1: nothing stored
+    body = get_json(app_for(db, tmp_path, ends=ends).test_client(), "/lag")
+    assert body["lag"] == 15 + 7 and body["error"] is None
+    assert [
+        (r["partition"], r["end_offset"], r["stored_position"], r["lag"])
+        for r in body["partitions"]
+    ] == [
+        (0, 40, 25, 15),
+        (1, 7, None, 7),
+    ]

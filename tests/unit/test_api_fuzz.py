@@ -140,7 +140,7 @@ def missing_db(tmp_path_factory) -> Path:
 
 
 def make_app(db: Path, log_dir: Path):
-    return app_for(db, log_dir, broker_up=False)
+    return app_for(db, log_dir, broker_up=False, ends={})  # /lag: a topic with no partitions
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ PROVIDER_FILE = GRAFANA / "provisioning" / "dashboards" / "marketstream.yml"
 INFINITY = "yesoreyeram-infinity-datasource"
 DATASOURCE_UID = "marketstream-api"
 #: The routes the API serves for Grafana (api/marketstream_api/app.py).
-API_ROUTES = {"/metrics", "/live", "/candles", "/runs", "/health"}
+API_ROUTES = {"/metrics", "/live", "/candles", "/runs", "/health", "/lag"}
 #: The panels of the seed project's dashboards, kept by title.
 SEED_TITLES = {
     "Live Price Trends – Global Markets",
@@ -460,7 +460,13 @@ def test_dashboards_provider_loads_the_dashboard_folder():
 
 def test_dashboard_targets_cover_the_api():
     targets = dashboard_targets()
-    assert {urlsplit(t.url).path for t in targets} == {"/metrics", "/live", "/candles", "/runs"}
+    assert {urlsplit(t.url).path for t in targets} == {
+        "/metrics",
+        "/live",
+        "/candles",
+        "/runs",
+        "/lag",
+    }
     for target in targets:
         assert "$" not in target.url, f"{target.title}: unfilled variable in {target.url}"
         assert target.columns
@@ -522,6 +528,33 @@ def market(tmp_path_factory) -> MarketStore:
     return MarketStore(path, end, ticks, runs)
 
 
+#: The market's topic is this far ahead of the store in every partition (the lag panel's model).
+MARKET_LAG = 5
+
+
+def market_ends(market: MarketStore) -> dict[tuple[str, int], int]:
+    """The topic's end offsets for the market store: each partition ``MARKET_LAG`` ahead."""
+    return {key: row[0] + MARKET_LAG for key, row in store.partition_positions(market.path).items()}
+
+
+def test_the_lag_panel_shows_each_partition_against_the_store(market, tmp_path):
+    """The lag panel's rows are the store's positions against the end offsets Kafka gives."""
+    client = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market)).test_client()
+    [(query, url)] = [(q, u) for q, u in infinity_targets() if urlsplit(u).path == "/lag"]
+    rows = _rows(client, query.title, url, query.query["root_selector"])
+    positions = store.partition_positions(market.path)
+    assert rows and len(rows) == len(positions)
+    newest = max(_naive(t.timestamp) for t in market.ticks)
+    for row in rows:
+        position, _ = positions[(row["topic"], row["partition"])]
+        assert row["stored_position"] == position
+        assert (row["end_offset"], row["lag"]) == (position + MARKET_LAG, MARKET_LAG)
+        assert (
+            row["newest_tick_age_s"]
+            >= (datetime.now(UTC).replace(tzinfo=None) - newest).total_seconds() - 60
+        )
+
+
 def _check_value(label: str, selector: str, kind: str, value: Any) -> None:
     if value is None:
         return
@@ -559,7 +592,7 @@ def _check_columns(label: str, rows: list[dict[str, Any]], columns: list[dict[st
 def test_dashboard_targets_match_api(market, tmp_path):
     """Every request of every dashboard, over its own time range as of now: a 200 with
     rows, each declared column in every row with the declared type."""
-    client = app_for(market.path, tmp_path, broker_up=False).test_client()
+    client = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market)).test_client()
     checked = 0
     for query, url in infinity_targets():
         label = f"{query.title} ({url})"
@@ -727,7 +760,7 @@ def test_panels_show_exactly_the_dashboard_time_range(market, tmp_path):
     them, none outside; since exclusive, until inclusive, both on a tick here), and the
     two answers differ. A dashboard refresh moves a relative range, so this is also
     what each refresh shows."""
-    client = app_for(market.path, tmp_path, broker_up=False).test_client()
+    client = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market)).test_client()
     now = datetime.now(UTC)
     checked = set()
     for board in load_dashboards().values():
@@ -762,7 +795,7 @@ def test_panels_show_exactly_the_dashboard_time_range(market, tmp_path):
 def test_a_range_past_the_data_is_empty_not_the_newest_rows(market, tmp_path):
     """Before the fix the price panel asked for the newest 300 seconds whatever the range;
     a range with no ticks in it must now show nothing at all."""
-    client = app_for(market.path, tmp_path, broker_up=False).test_client()
+    client = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market)).test_client()
     before = TimeRange(market.end - timedelta(hours=3), market.end - timedelta(hours=2))
     for query, (url,) in range_targets(load_dashboards()["marketstream-markets.json"], [before]):
         assert _rows(client, query.title, url, "") == [], url
@@ -809,7 +842,7 @@ def test_an_original_kit_dashboard_sees_data(market, tmp_path, edit_paths):
     (:class:`OriginalPaths`), or with their paths moved to ``/v0/`` against the kit's
     API. Every field a panel reads (declared columns, and the fields its overrides name
     when it lets Infinity find the columns) is in every row."""
-    app = app_for(market.path, tmp_path, broker_up=False)
+    app = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market))
     client = app.test_client() if edit_paths else Client(OriginalPaths(app))
     checked = 0
     for panel, target, url in _original_targets(edit_paths):
@@ -827,7 +860,7 @@ def test_the_original_shape_is_the_original_kit_s(market, tmp_path):
     """``/v0/live``: 50 seconds in which every symbol ticked, newest first, prices and
     ``<SYMBOL>_volume``; ``/v0/metrics``: the original's names, prices to 2 decimals and
     the answer's time. The kit's own ``/live`` and ``/metrics`` keep their shape."""
-    client = app_for(market.path, tmp_path, broker_up=False).test_client()
+    client = app_for(market.path, tmp_path, broker_up=False, ends=market_ends(market)).test_client()
     rows = _rows(client, "v0 live", "/v0/live", "")
     newest = TimeRange(market.end - timedelta(seconds=51), market.end)  # its 50 whole seconds
     expected = list(reversed(model_live(market, newest, {"limit": "50"})))

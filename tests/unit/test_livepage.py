@@ -5,7 +5,9 @@ tests/browser/test_voila_browser.py."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+import pandas as pd
 import papermill
 import pytest
 
@@ -118,3 +120,16 @@ def test_live_notebook_runs_headless_with_papermill(tmp_path):
         execution_timeout=120,
     )
     assert "application/vnd.jupyter.widget-view+json" in out.read_text(encoding="utf-8")
+
+
+def test_status_bar_shows_the_lag_or_that_kafka_does_not_answer():
+    from marketstream.lag import LagReport, PartitionLag
+    from marketstream.livepage import Snapshot
+
+    rows = [PartitionLag("t", 0, 100, 60, 40, 1.0), PartitionLag("t", 1, 10, 10, 0, 2.0)]
+    now = datetime.now(UTC)
+    snapshot = Snapshot(now, 70, now.replace(tzinfo=None), pd.DataFrame(), pd.DataFrame())
+    snapshot.lag = LagReport(rows)
+    assert 'lag <b class="ms-lag">40</b> messages' in status_html(snapshot, 2.0)
+    snapshot.lag = LagReport(rows, broker_error="no Kafka broker answers at localhost:1")
+    assert "lag unknown: Kafka does not answer" in status_html(snapshot, 2.0)

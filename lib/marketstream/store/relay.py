@@ -80,6 +80,7 @@ class RelayWriter:
     """A worker's writer: each batch goes to the writer process, which answers rows added."""
 
     def __init__(self, address: str, key: str) -> None:
+        self._lock = threading.Lock()
         try:
             self._conn: Connection | None = Client(address, family="AF_UNIX", authkey=key.encode())
         except AuthenticationError:
@@ -95,8 +96,9 @@ class RelayWriter:
         if self._conn is None:
             raise StoreUnavailable("the relay writer is closed")
         try:
-            self._conn.send(message)
-            status, value = self._conn.recv()
+            with self._lock:  # the rebalance listener asks positions beside the writer thread
+                self._conn.send(message)
+                status, value = self._conn.recv()
         except (OSError, EOFError) as exc:
             raise StoreUnavailable(f"the store's writer process went away: {exc}") from None
         if status != "ok":
