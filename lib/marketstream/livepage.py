@@ -108,7 +108,6 @@ def lag_text(lag: LagReport | None) -> str:
     return f' · lag <b class="ms-lag">{lag.total:,}</b> messages'
 
 
-
 def live_figure(symbols: tuple[str, ...]) -> go.FigureWidget:
     """Every chart of the page as rows of one figure; traces are tagged by ``meta``.
 
