@@ -47,6 +47,7 @@ from kafka.errors import (
     IllegalGenerationError,
     KafkaError,
     RebalanceInProgressError,
+    TopicAuthorizationFailedError,
     UnknownMemberIdError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -257,10 +258,18 @@ class Targets:
         return behind(self.ends, writer.positions(self.ends))
 
 
-def topic_partitions(consumer: Any, topic: str) -> list[TopicPartition]:
-    """The topic's partitions (an error naming the topic if it does not exist)."""
+def topic_partitions(
+    consumer: Any, topic: str, missing: Callable[[], None] | None = None
+) -> list[TopicPartition]:
+    """The topic's partitions (an error naming the topic if it does not exist).
+
+    ``missing()`` is asked first when none are found: a user without the right to
+    describe the topic sees none either, and it raises the broker's refusal.
+    """
     numbers = consumer.partitions_for_topic(topic)
     if not numbers:
+        if missing is not None:
+            missing()
         raise ConsumeError(
             f"the topic {topic} does not exist on the cluster yet: produce to it first "
             "(marketstream produce, or make demo)"
@@ -658,7 +667,7 @@ def consume(
     loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
     status = "ok"
     try:
-        join(consumer, settings, listener)
+        join(consumer, settings, listener, refused_topic(settings, clients))
         if gate is not None:
             wait_at_gate(consumer, listener, gate, stop)
             started_at = datetime.now(UTC)
@@ -696,7 +705,29 @@ def consume(
     return run
 
 
-def join(consumer: Any, settings: Settings, listener: PartitionLog) -> None:
+def refused_topic(settings: Settings, clients: KafkaClients) -> Callable[[], None]:
+    """Raise ``TopicAuthorizationFailedError`` if the broker refuses to describe the topic
+    (a consumer's metadata lists only the topics a user may see, so it cannot tell)."""
+
+    def check() -> None:
+        admin = clients.admin(settings)
+        try:
+            found = admin.describe_topics([settings.topic])
+        finally:
+            admin.close()
+        for entry in found:
+            if entry.get("error_code") == TopicAuthorizationFailedError.errno:
+                raise TopicAuthorizationFailedError({settings.topic})
+
+    return check
+
+
+def join(
+    consumer: Any,
+    settings: Settings,
+    listener: PartitionLog,
+    missing: Callable[[], None] | None = None,
+) -> None:
     """Take partitions: every one by manual assignment for a lone consumer, a share of
     them through the group for one of several workers.
 
@@ -706,7 +737,7 @@ def join(consumer: Any, settings: Settings, listener: PartitionLog) -> None:
     three SIGKILLs). Its Kafka commits still go to the group, for lag tools.
     """
     if settings.consumers == 1:
-        partitions = topic_partitions(consumer, settings.topic)
+        partitions = topic_partitions(consumer, settings.topic, missing)
         consumer.assign(partitions)
         listener.on_partitions_assigned(set(partitions))
     else:

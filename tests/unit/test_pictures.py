@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from marketstream import store
 from marketstream.settings import DEFAULT_SYMBOLS
 from marketstream.ticks import Tick
 from support.api import app_for
@@ -56,7 +57,9 @@ def market(tmp_path_factory) -> Market:
 
 @pytest.fixture(scope="module")
 def fetch(market, tmp_path_factory) -> Any:
-    return pictures.app_fetch(app_for(market.path, tmp_path_factory.mktemp("api"), broker_up=False))
+    caught_up = {key: row[0] for key, row in store.partition_positions(market.path).items()}
+    app = app_for(market.path, tmp_path_factory.mktemp("api"), broker_up=False, ends=caught_up)
+    return pictures.app_fetch(app)
 
 
 def render(path: Path, fetch: Any, market: Market) -> tuple[dict[str, Any], Any]:

@@ -3,8 +3,10 @@
 The exactly-once tests end by comparing these numbers with what was produced,
 so they are computed in the store, not from a run's own tally: ticks, distinct
 ``(symbol, event_time)`` (equal to ticks when nothing is duplicated), dead
-letters, and per topic-partition the highest offset stored (a tick's or a dead
-letter's), which is how far the store has got in each partition.
+letters, and per topic-partition the store's position (where a consumer
+resumes), the highest offset stored and the newest tick's event time.
+``marketstream stats`` adds each partition's end offset and lag
+(:func:`marketstream.lag.annotate`).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ FAILURES: dict[str, Failure] = {
 #: use groups but neither write nor read (the topic exists, made by alice).
 REFUSALS: dict[tuple[str, str], tuple[str, ...]] = {
     ("bob", "produce"): ("user bob is not allowed to create topic {topic}", "CREATE on topic"),
-    ("bob", "consume"): ("user bob is not allowed to use consumer group {group}", "READ on"),
+    ("bob", "consume"): ("user bob is not allowed to read topic {topic}", "READ and"),
     ("bob", "pipeline"): ("notebook 02_produce failed", "user bob is not allowed to create"),
     ("carol", "produce"): ("user carol is not allowed to write to topic {topic}", "WRITE"),
     ("carol", "consume"): ("user carol is not allowed to read topic {topic}", "READ and"),
