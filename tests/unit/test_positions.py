@@ -81,3 +81,19 @@ def test_lag_arithmetic() -> None:
     assert lag(None, 5) is None  # the end is unknown: no lag is claimed
     assert (lag(10, None), lag(10, 4), lag(10, 12)) == (10, 6, 0)
     assert behind({("t", 0): 10, ("t", 1): 5}, {("t", 0): 7}) == 3 + 5
+
+
+def test_a_rolled_back_first_position_is_written_by_the_next_batch(path) -> None:
+    """The writer updates rows it knows exist: a first row rolled back must not count."""
+    ticks = batch_for(generate_ticks(SYMBOLS, 5)).ticks.slice(0, 0)
+
+    def fail(con: object) -> None:
+        raise OSError("disk full")
+
+    with open_writer(path) as writer:
+        with pytest.raises(OSError):
+            writer.write_batch(ticks, offsets={("t", 3): 10}, before_commit=fail)
+        assert writer.positions([("t", 3)]) == {("t", 3): None}
+        writer.write_batch(ticks, offsets={("t", 3): 20})
+        writer.write_batch(ticks, offsets={("t", 3): 30})
+        assert writer.positions([("t", 3)]) == {("t", 3): 30}
