@@ -107,7 +107,7 @@ def parse_timestamp(raw: str) -> datetime:
 
 def validate(timestamp: datetime, symbol: str, price: float, volume: int) -> Tick:
     """Check one tick's fields and return it; raise :class:`TickError` naming the bad field."""
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+    if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):  # `$` allows a final \n
         raise TickError(f"symbol {symbol!r} is not 1-32 upper-case letters/digits/._-")
     if isinstance(price, bool) or not isinstance(price, int | float):
         raise TickError(f"price {price!r} is not a number")

@@ -327,3 +327,17 @@ def test_batch_decoder_keeps_record_order_and_offsets_per_partition():
     assert batch.ticks["offset"].to_pylist() == [r.offset for r in records if r.value != b"junk"]
     # the offset committed per partition is the next one to read: highest seen + 1
     assert {tp.partition: o for tp, o in batch.offsets.items()} == {0: 248, 1: 249, 2: 250}
+
+
+@pytest.mark.parametrize("symbol", ["SP500\n", "SP500\r", " SP500", "SP500 ", "SP\t500", "ＳＰ500"])
+def test_a_symbol_that_is_almost_right_is_a_dead_letter_on_both_paths(symbol: str) -> None:
+    """Python's ``$`` also matches before a final newline: "SP500\\n" was stored as a new
+    series. Escaped (\\n in the JSON: the per-message path) or not, it is a dead letter."""
+    value = orjson.dumps(
+        {"timestamp": "2025-01-06T14:30:00Z", "symbol": symbol, "price": 1.0, "volume": 1}
+    )
+    batch = decode_records([Record("t", 0, 0, b"k", value)], datetime.now(UTC))
+    assert batch.ticks.num_rows == 0 and batch.dead.num_rows == 1
+    assert "symbol" in batch.dead["reason"][0].as_py()
+    with pytest.raises(TickError, match="symbol"):
+        decode_value(value)
