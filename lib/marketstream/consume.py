@@ -45,7 +45,9 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    IllegalStateError,
     KafkaError,
+    KafkaTimeoutError,
     RebalanceInProgressError,
     TopicAuthorizationFailedError,
     UnknownMemberIdError,
@@ -138,6 +140,9 @@ class Policy:
 
 BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, stop_at_end=True)
 LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, stop_at_end=False)
+
+#: The longest an idle loop waits to learn a partition's position (see ``_Loop._position``).
+POSITION_TIMEOUT_MS = 200
 
 #: A worker with no partitions says so this often (the group is rebalancing, or
 #: waiting for members that died without leaving to time out).
@@ -405,7 +410,7 @@ class _Loop:
         can reach the end offset; True if a batch was submitted to do it."""
         ahead = {}
         for tp in self.consumer.assignment():
-            position = self.consumer.position(tp)
+            position = self._position(tp)
             stored = self.listener.known.get(as_key(tp))
             if position is not None and (stored is None or position > stored):
                 ahead[tp] = int(position)
@@ -414,6 +419,18 @@ class _Loop:
         future = self.executor.submit(self._store, [], datetime.now(UTC), ahead)
         self.in_flight.append(_InFlight(0, future))
         return True
+
+    def _position(self, tp: TopicPartition) -> int | None:
+        """The consumer's position in ``tp``, or None if it cannot say at once.
+
+        Bounded: kafka-python's ``position`` asks the group coordinator for a partition
+        without a position, and without a timeout it waits as long as a rebalance
+        takes (a live worker stopped beside another one waited past its 60 s grace).
+        """
+        try:
+            return self.consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS)
+        except (IllegalStateError, KafkaTimeoutError):  # moved away, or no answer yet
+            return None
 
     def note_waiting(self) -> None:
         """Say, every :data:`GROUP_WAIT_NOTE_S`, that this worker has no partitions yet."""

@@ -83,7 +83,7 @@ class FakeConsumer:
     def end_offsets(self, tps: list) -> dict:
         return {tp: self.ends[tp] for tp in tps}
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self.position_of.get(tp, 0)
 
     def commit(self, offsets: dict) -> None:
