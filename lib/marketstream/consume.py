@@ -76,7 +76,6 @@ __all__ = [
     "PartitionLog",
     "Policy",
     "Targets",
-    "caught_up",
     "consume",
     "decode_records",
     "gil_switch_interval",
@@ -282,11 +281,6 @@ def topic_partitions(
     return [TopicPartition(topic, n) for n in sorted(numbers)]
 
 
-def caught_up(writer: Writer, targets: Targets) -> bool:
-    """True when the store has every message below the targets (every partition)."""
-    return targets.behind(writer) == 0
-
-
 @contextmanager
 def gil_switch_interval(seconds: float) -> Iterator[None]:
     """Shorten ``sys.setswitchinterval`` for a block, then put the old value back."""
@@ -486,15 +480,14 @@ class _Loop:
             if budget <= 0:
                 break
             self.settle_all()  # nothing to overlap with: commit what is written
-            if self.listener.managed and self.advance():
+            if self.advance():
                 continue
             self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
             if idle_limit_s > 0 and time.monotonic() - self.last_data > idle_limit_s:
                 break
-            if self.targets is not None and caught_up(self.checkpoint.writer, self.targets):
+            if self.targets is not None and self.targets.behind(self.checkpoint.writer) == 0:
                 break
-            if self.listener.managed:
-                self.note_waiting()
+            self.note_waiting()
         if self.pending:  # stop: finish the batch in hand
             self.submit()
         self.settle_all()
@@ -524,25 +517,24 @@ class PartitionLog(ConsumerRebalanceListener):
     how a caller sees the group settle (:func:`marketstream.workers.settled`).
     """
 
-    def __init__(self, log: Any, run_id: str, group: str) -> None:
+    def __init__(
+        self,
+        log: Any,
+        run_id: str,
+        group: str,
+        consumer: Any = None,
+        writer: Writer | None = None,
+    ) -> None:
         self.log = log
         self.run_id = run_id
         self.group = group
         self.held: Any = None  # the consumer whose new partitions are paused
-        #: the consumer and writer to seek with (:meth:`manage`); until then only logs
-        self.consumer: Any = None
-        self.writer: Any = None
+        #: the consumer and writer to seek with (without them it only logs)
+        self.consumer = consumer
+        self.writer = writer
         #: each partition's position in the store, as far as this run knows
         self.known: dict[tuple[str, int], int | None] = {}
         self._lock = threading.Lock()
-
-    @property
-    def managed(self) -> bool:
-        return self.consumer is not None
-
-    def manage(self, consumer: Any, writer: Writer) -> None:
-        """Seek ``consumer``'s partitions to ``writer``'s store from now on."""
-        self.consumer, self.writer = consumer, writer
 
     def positions(self) -> dict[tuple[str, int], int | None]:
         """A copy of :attr:`known`."""
@@ -559,7 +551,7 @@ class PartitionLog(ConsumerRebalanceListener):
 
     def seek(self, assigned: Any) -> None:
         """Point each partition at where the store resumes it."""
-        if not assigned or self.consumer is None:
+        if not assigned or self.consumer is None or self.writer is None:
             return
         points = self.writer.positions(assigned)
         reset = str(getattr(self.consumer, "config", {}).get("auto_offset_reset", "earliest"))
@@ -672,13 +664,12 @@ def consume(
     # whole run while the others wait outside the group (the bench found that).
     hold = policy.hold_store and settings.consumers == 1
     writer = open_writer(locate(settings), hold=hold)
-    listener = PartitionLog(log, run_id, settings.consumer_group)
     try:
         consumer = clients.consumer(settings, subscribe=False)
     except BaseException:
         writer.close()
         raise
-    listener.manage(consumer, writer)
+    listener = PartitionLog(log, run_id, settings.consumer_group, consumer, writer)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)
     checkpoint = Checkpoint(consumer, writer, hooks)
     loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
@@ -711,7 +702,7 @@ def consume(
         loop.close()
         bar.close()
         consumer.close(autocommit=False)
-        left = _behind(loop.targets, writer) if status == "ok" else 0
+        left = loop.targets.behind(writer) if loop.targets and status == "ok" else 0
         run = _run_metrics(
             run_id, policy, settings, started_at, loop.tally, "stopped" if stop.is_set() else status
         )
@@ -759,11 +750,6 @@ def join(
         listener.on_partitions_assigned(set(partitions))
     else:
         consumer.subscribe([settings.topic], listener=listener)
-
-
-def _behind(targets: Targets | None, writer: Writer) -> int:
-    """What a run leaves unstored of its targets (0 without targets: a live run)."""
-    return 0 if targets is None else targets.behind(writer)
 
 
 def _run_metrics(

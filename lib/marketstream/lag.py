@@ -31,6 +31,7 @@ from marketstream.kafka_errors import describe, no_broker
 from marketstream.settings import Settings
 from marketstream.store import Where, partition_positions
 from marketstream.store.positions import lag
+from marketstream.store.stats import partition_row
 
 #: How long a lag reading waits for the broker. /lag is polled by dashboards every few
 #: seconds, so a broker that is down must not hold a request for a client's default 30 s.
@@ -136,18 +137,7 @@ def annotate(report: dict[str, Any], measured: LagReport) -> dict[str, Any]:
     by_key = {(p.topic, p.partition): p for p in measured.partitions}
     rows = {(p["topic"], p["partition"]): p for p in report["partitions"]}
     for key, p in by_key.items():
-        row = rows.setdefault(
-            key,
-            {
-                "topic": key[0],
-                "partition": key[1],
-                "stored_position": p.stored_position,
-                "max_offset": None,
-                "ticks": 0,
-                "dead_letters": 0,
-                "newest_event_time": None,
-            },
-        )
+        row = rows.setdefault(key, partition_row(*key, p.stored_position))
         row["end_offset"] = p.end_offset
         row["lag"] = p.lag
         row["newest_tick_age_s"] = p.newest_tick_age_s

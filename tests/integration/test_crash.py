@@ -105,6 +105,23 @@ def committed_offsets(admin: KafkaAdminClient, settings: Settings) -> dict[int, 
     }
 
 
+def wait_for_commits(
+    admin: KafkaAdminClient,
+    settings: Settings,
+    total: int,
+    proc: subprocess.Popen[str],
+    timeout_s: float = 90,
+) -> None:
+    """Wait until the group's committed offsets add up to ``total`` (fail if ``proc`` dies)."""
+    wait_until(
+        lambda: sum(committed_offsets(admin, settings).values()) >= total,
+        timeout_s,
+        f"committed offsets to reach {total:,}",
+        interval_s=0.05,
+        died=exited(proc),
+    )
+
+
 def end_offsets(settings: Settings) -> dict[int, int]:
     """The topic's end offset per partition (= messages in it: nothing is ever deleted)."""
     consumer = KafkaConsumer(**connection_config(settings))
@@ -188,13 +205,7 @@ def test_consumer_sigkilled_four_times_loses_and_duplicates_nothing(fresh):
             start = sum(committed_offsets(admin, settings).values())
             if how == "outside":
                 proc = start_consumer(settings, wrapped=True)
-                wait_until(
-                    lambda s=start: sum(committed_offsets(admin, settings).values()) >= s + 20_000,
-                    90,
-                    "20,000 more committed offsets",
-                    interval_s=0.05,
-                    died=exited(proc),
-                )
+                wait_for_commits(admin, settings, start + 20_000, proc)
                 time.sleep(rng.uniform(0, 0.2))
                 proc.send_signal(signal.SIGKILL)
             else:
@@ -278,13 +289,7 @@ def test_three_sigkilled_cli_runs_then_a_fourth_stores_everything_and_only_then_
         for _ in range(3):
             start = sum(committed_offsets(admin, settings).values())
             proc = start_consumer(settings)
-            wait_until(
-                lambda s=start: sum(committed_offsets(admin, settings).values()) >= s + 15_000,
-                90,
-                "15,000 more committed offsets",
-                interval_s=0.05,
-                died=exited(proc),
-            )
+            wait_for_commits(admin, settings, start + 15_000, proc)
             proc.send_signal(signal.SIGKILL)
             finish(proc, 60)
             assert proc.returncode == -signal.SIGKILL
@@ -323,13 +328,7 @@ def test_sigterm_and_ctrl_c_finish_the_batch_commit_and_resume_exactly(fresh):
         for sig in (signal.SIGTERM, signal.SIGINT):
             # small batches: the run lasts long enough for the signal to land mid-run
             proc = start_consumer(fresh, batch_size=500)
-            wait_until(
-                lambda d=done: sum(committed_offsets(admin, fresh).values()) >= d + STOP_AFTER,
-                60,
-                f"{STOP_AFTER} more committed offsets",
-                interval_s=0.05,
-                died=exited(proc),
-            )
+            wait_for_commits(admin, fresh, done + STOP_AFTER, proc, timeout_s=60)
             proc.send_signal(sig)
             code, out, err = finish(proc, 60)
             assert f"{sig.name}: finishing the current batch" in err

@@ -26,25 +26,14 @@ from marketstream import store
 from marketstream.consume import consume
 from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
-from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
 from marketstream_api.app import create_app
+from support.processes import cli
 from support.stored import store_counts, store_difference
 from support.waiting import wait_until
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 SECOND = timedelta(seconds=1)
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``marketstream ARGS`` with ``settings`` in its environment, as a user exports them."""
-    return subprocess.run(
-        [sys.executable, "-m", "marketstream.cli", *args],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def test_a_second_store_on_the_same_group_gets_every_tick(fresh, tmp_path) -> None:
@@ -98,7 +87,7 @@ def test_the_user_replays_or_skips_with_the_positions_verb(fresh) -> None:
     con.close()
     lost = len(ticks) - store_counts(fresh.db_path)[0]
     assert lost > 0
-    done = cli(fresh, "positions", "--set", "0=100")
+    done = cli(fresh, "positions", "--set", "0=100", check=False)
     assert done.returncode == 0, done.stderr
     assert f"{fresh.topic}[0]: the store resumes at offset 100" in done.stdout
     run = consume(fresh, progress=False)
@@ -108,7 +97,7 @@ def test_the_user_replays_or_skips_with_the_positions_verb(fresh) -> None:
     # skip: what is in the topic now is never read
     skipped = generate_ticks(SYMBOLS, 50, seed=6, start=ticks[-1].timestamp + SECOND)
     produce_ticks(skipped, fresh, progress=False)
-    done = cli(fresh, "positions", "--to-end")
+    done = cli(fresh, "positions", "--to-end", check=False)
     assert done.returncode == 0, done.stderr
     assert "lag 0" in done.stdout
     run = consume(fresh, progress=False)
@@ -165,9 +154,9 @@ def test_consume_exits_0_only_when_caught_up(fresh, group) -> None:
     """The CLI's last line: success only with nothing left; --max-messages leaves some."""
     produce_ticks(generate_ticks(SYMBOLS, 300, seed=9), fresh, progress=False)
     settings = fresh.with_(consumer_group=group)
-    partial = cli(settings, "consume", "-q", "--max-messages", "200")
+    partial = cli(settings, "consume", "-q", "--max-messages", "200", check=False)
     assert partial.returncode == 1
     assert f"not caught up: 700 messages of {fresh.topic}" in partial.stderr
-    done = cli(settings, "consume", "-q")
+    done = cli(settings, "consume", "-q", check=False)
     assert done.returncode == 0, done.stderr
     assert "consumed 700 messages: 700 new rows, 0 already stored" in done.stdout

@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
 import pytest
 
 from marketstream import store
-from marketstream.processes import child_env
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
 from marketstream.workers import WRITER_NAME, settled, start_workers, stop_workers, worker_run
 from support.live import live_cli, wait_for_workers_to_store, worker_logs
+from support.processes import cli
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_stray_children")
-
-
-def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``marketstream ARGS`` with ``settings`` in its environment, output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "marketstream.cli", *args],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=check,
-    )
 
 
 def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import suppress
 
 import psutil
+
+from marketstream.processes import child_env
+from marketstream.settings import Settings
 
 #: How long processes get to end by themselves before a test calls them left over. It is
 #: only reached when something is wrong: ``psutil.wait_procs`` returns once they are gone.
@@ -15,6 +20,19 @@ GRACE_S = 30.0
 #: a default broker's minimum, so a dead member's partitions move in 6 s (Kafka's 45 s
 #: default would make each kill wait that long).
 QUICK_SESSION_S = 6.0
+
+
+def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``marketstream ARGS`` with ``settings`` in its environment, as a user exports them;
+    output captured; ``check``: a non-zero exit fails."""
+    return subprocess.run(
+        [sys.executable, "-m", "marketstream.cli", *args],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:

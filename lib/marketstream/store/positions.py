@@ -42,6 +42,15 @@ def as_key(tp: Any) -> tuple[str, int]:
     return str(topic), int(partition)
 
 
+def with_implied(con: Any, found: Positions) -> Positions:
+    """``found`` (a store's positions) plus, for every partition it lacks, what the
+    store's rows imply: a store an older kit wrote has rows but no positions."""
+    out = dict(found)
+    for topic, partition, offset in con.execute(IMPLIED_SQL).fetchall():
+        out.setdefault((str(topic), int(partition)), int(offset))
+    return out
+
+
 def resume_points(
     con: Any,
     stored: Callable[[Any], Positions],
@@ -52,14 +61,13 @@ def resume_points(
     starts where ``auto.offset.reset`` says, never where some group left off).
 
     ``stored(con)`` reads the backend's positions; ``con`` is a connection on the store.
+    The rows are only scanned when a wanted partition has no position.
     """
     wanted = [as_key(tp) for tp in partitions]
     found = stored(con)
-    missing = [tp for tp in wanted if tp not in found]
-    implied: Positions = {}
-    if missing:
-        implied = {(str(t), int(p)): int(o) for t, p, o in con.execute(IMPLIED_SQL).fetchall()}
-    return {tp: found.get(tp, implied.get(tp)) for tp in wanted}
+    if any(tp not in found for tp in wanted):
+        found = with_implied(con, found)
+    return {tp: found.get(tp) for tp in wanted}
 
 
 def lag(end_offset: int | None, position: int | None) -> int | None:

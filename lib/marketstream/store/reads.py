@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from marketstream.store.positions import IMPLIED_SQL
+from marketstream.store.positions import with_implied
 from marketstream.store.schema import METRICS_SELECT
 from marketstream.store.where import Where, backend, exists, read_connection
 
@@ -39,13 +39,10 @@ def partition_positions(at: Where) -> dict[tuple[str, int], tuple[int | None, da
     if not exists(at):
         return {}
     with read_connection(at) as con:
-        positions = backend(at).stored_positions(con)
-        implied = con.execute(IMPLIED_SQL).fetchall()
+        positions = with_implied(con, backend(at).stored_positions(con))
         newest = con.execute(
             'SELECT topic, "partition", max(event_time) FROM market_ticks GROUP BY ALL'
         ).fetchall()
-    for topic, partition, offset in implied:
-        positions.setdefault((str(topic), int(partition)), int(offset))
     out: dict[tuple[str, int], tuple[int | None, datetime | None]] = {
         key: (offset, None) for key, offset in positions.items()
     }

@@ -11,8 +11,10 @@ resumes), the highest offset stored and the newest tick's event time.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from marketstream.store.positions import with_implied
 from marketstream.store.where import Where, backend, describe, exists, read_connection
 
 _COUNTS_SQL = """
@@ -38,7 +40,8 @@ def stats(at: Where) -> dict[str, Any]:
     """The store's counts (see the module docstring); an empty store has zeros.
 
     Each partition's ``stored_position`` is the store's own position (where a
-    consumer resumes), or, in a store an older kit wrote, its highest offset + 1.
+    consumer resumes), or, in a store an older kit wrote, its highest offset + 1
+    (:func:`.positions.with_implied`).
     """
     impl = backend(at)
     out: dict[str, Any] = {
@@ -55,41 +58,43 @@ def stats(at: Where) -> dict[str, Any]:
     with read_connection(at) as con:
         ticks, distinct, dead, distinct_dead = con.execute(_COUNTS_SQL).fetchone()
         rows = con.execute(_PARTITIONS_SQL).fetchall()
-        positions = impl.stored_positions(con)
+        positions = with_implied(con, impl.stored_positions(con))
         extra = impl.extra_stats(con)
-    partitions: dict[tuple[str, int], dict[str, Any]] = {}
-    for topic, partition, max_offset, n_ticks, n_dead, newest in rows:
-        partitions[(topic, int(partition))] = {
-            "topic": topic,
-            "partition": int(partition),
-            "stored_position": positions.get((topic, int(partition)), int(max_offset) + 1),
-            "max_offset": int(max_offset),
-            "ticks": int(n_ticks),
-            "dead_letters": int(n_dead),
-            "newest_event_time": newest.isoformat() if newest is not None else None,
-        }
-    for (topic, partition), position in positions.items():  # moved on with nothing stored
-        partitions.setdefault(
-            (topic, partition),
-            {
-                "topic": topic,
-                "partition": partition,
-                "stored_position": position,
-                "max_offset": None,
-                "ticks": 0,
-                "dead_letters": 0,
-                "newest_event_time": None,
-            },
-        )
+    held = {(topic, int(partition)): rest for topic, partition, *rest in rows}
     out.update(
         ticks=int(ticks),
         distinct_ticks=int(distinct),
         dead_letters=int(dead),
         distinct_dead_letters=int(distinct_dead),
-        partitions=[partitions[key] for key in sorted(partitions)],
+        # every partition with rows has a position (its own, or the one its rows imply);
+        # one the store has moved past with nothing stored has a position alone
+        partitions=[
+            partition_row(*key, positions[key], *held.get(key, ())) for key in sorted(positions)
+        ],
         **extra,
     )
     return out
+
+
+def partition_row(
+    topic: str,
+    partition: int,
+    position: int | None,
+    max_offset: int | None = None,
+    ticks: int = 0,
+    dead_letters: int = 0,
+    newest: datetime | None = None,
+) -> dict[str, Any]:
+    """One partition of the report (also for one only Kafka knows: :mod:`marketstream.lag`)."""
+    return {
+        "topic": topic,
+        "partition": int(partition),
+        "stored_position": position,
+        "max_offset": None if max_offset is None else int(max_offset),
+        "ticks": int(ticks),
+        "dead_letters": int(dead_letters),
+        "newest_event_time": newest.isoformat() if newest is not None else None,
+    }
 
 
 def _cell(value: Any) -> str:
