@@ -29,7 +29,8 @@ from support.waiting import wait_until
 
 def _asked(settings: Settings) -> tuple[list[int], str] | None:
     """(replicas of each partition, min.insync.replicas), or None while the broker asked
-    does not know the topic's config yet."""
+    does not know the topic's partitions or config yet (CI once read its config beside
+    an empty partition list)."""
     admin = DEFAULT_CLIENTS.admin(settings)
     try:
         [topic] = admin.describe_topics([settings.topic])
@@ -41,7 +42,7 @@ def _asked(settings: Settings) -> tuple[list[int], str] | None:
     finally:
         admin.close()
     found = configs["topic"].get(settings.topic, {}).get("min.insync.replicas")
-    return (replicas, found["value"]) if found else None
+    return (replicas, found["value"]) if found and len(replicas) == settings.partitions else None
 
 
 def replication(settings: Settings) -> tuple[list[int], str]:
