@@ -194,6 +194,14 @@ _SCHEMAS: dict[str, Any] = {
             "max_event_time": _NULLABLE_TIME,
             "throughput_per_s": _NULLABLE_NUMBER,
             "status": {"type": ["string", "null"]},
+            "lost_commits": {
+                **_NULLABLE_INT,
+                "description": "Kafka commits refused because the group had moved on",
+            },
+            "conflicts": {
+                **_NULLABLE_INT,
+                "description": "lake commits lost to another writer, then retried",
+            },
         },
     },
     "StoreHealth": {

@@ -35,13 +35,15 @@ from marketstream.errors import (
     MissingExtra,
     ReplayError,
 )
+from marketstream.redact import redact
 from marketstream.settings import OPTIONS, Option, Settings, default_text
 
 if TYPE_CHECKING:
     from marketstream.pacing import Pace
 
-#: Where the ticks are kept: what every verb that reads or writes the store takes.
-STORE_SETTINGS = ("store", "db_path", "ducklake_catalog", "ducklake_data")
+#: Where the ticks are kept: what every verb that reads or writes the store takes (the
+#: catalog too, from the environment or .env: its connection string may hold a password).
+STORE_SETTINGS = ("store", "db_path", "ducklake_data")
 
 #: The settings each verb takes as options; every other one comes from the environment
 #: (or .env) only. Secrets are never options: a command line is visible in ``ps``.
@@ -92,7 +94,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
     ),
     "stats": ("bootstrap_servers", "topic", *STORE_SETTINGS, "postgres_home", "isolation_level"),
     "positions": ("bootstrap_servers", "topic", *STORE_SETTINGS, "postgres_home"),
-    "upkeep": ("ducklake_catalog", "ducklake_data", "postgres_home"),
+    "upkeep": ("ducklake_data", "postgres_home"),
     "postgres": ("postgres_home", "postgres_port"),
     "bench": ("bootstrap_servers", "symbols", "seed"),
     "soak": ("bootstrap_servers", "batch_size"),
@@ -219,6 +221,12 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def _notes(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where a verb's progress notes go: stderr, or nowhere with ``-q`` (every verb
+    takes it: ``generate -q`` was refused beside ``produce -q``)."""
+    return (lambda _line: None) if args.quiet else _say
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from marketstream import broker
     from marketstream.broker import cluster
@@ -229,11 +237,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         raise BrokerError(f"--nodes {nodes}: give 1 (one broker) or more")
     if args.action == "up":
         if nodes > 1:
-            found = cluster.start_cluster(settings, nodes=nodes, say=_say)
+            found = cluster.start_cluster(settings, nodes=nodes, say=_notes(args))
             print(found.describe())
             print(f"export KAFKA_BOOTSTRAP_SERVERS={found.bootstrap_servers}")
             return 0 if found.all_up else 1
-        status = broker.start_broker(settings, say=_say)
+        status = broker.start_broker(settings, say=_notes(args))
         print(status.describe())
         return 0 if status.reachable else 1
     if args.action == "down":  # every node of a cluster and a single broker, by run dir
@@ -422,7 +430,9 @@ def cmd_postgres(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "up":
-        server = start_postgres(settings.postgres_home, settings.postgres_port or None, say=_say)
+        server = start_postgres(
+            settings.postgres_home, settings.postgres_port or None, say=_notes(args)
+        )
         print(f"PostgreSQL on {server.host}:{server.port} (data {server.data_dir})")
         print(f"export MARKET_DUCKLAKE_CATALOG='{server.dsn()}'")
         return 0
@@ -508,10 +518,6 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if report.rows == args.n else 1
 
 
-def _quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-
 def _pacing(parser: argparse.ArgumentParser, *, retime: bool) -> None:
     group = parser.add_argument_group("paced replay", "the CSV at the speed of its event times")
     group.add_argument(
@@ -546,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         add_settings(p, name, VERB_SETTINGS[name])
+        p.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="no progress bars or progress notes; the result and errors still print",
+        )
         p.set_defaults(func=func)
         return p
 
@@ -565,11 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
         "produce", "send the CSV (any timestamp,symbol,price,volume file) to the topic", cmd_produce
     )
     _pacing(p, retime=True)
-    _quiet(p)
 
     p = verb("consume", "topic -> the store until caught up", cmd_consume)
     p.add_argument("--max-messages", type=int, help="stop after this many (default: no limit)")
-    _quiet(p)
 
     p = verb("pipeline", "run notebooks 01-04 with papermill", cmd_pipeline)
     p.add_argument(
@@ -583,7 +593,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-broker", action="store_true", help="leave a broker this run started running"
     )
-    _quiet(p)
 
     p = verb("live", "stream continuously; serve the API and the Voila page", cmd_live)
     p.add_argument("--no-api", action="store_true", help="do not start the API")
@@ -644,14 +653,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", default="bench/latest.json", help="results (default: bench/latest.json)"
     )
-    _quiet(p)
 
     p = verb("soak", "N ticks through a consumer process; its memory reported", cmd_soak)
     p.add_argument("-n", type=int, default=1_000_000, help="ticks (default: 1,000,000)")
     p.add_argument("--keep", action="store_true", help="keep the topic and DuckDB file")
     p.add_argument("--json", type=Path, help="also write the report (all samples) here")
-    _quiet(p)
     return parser
+
+
+def _secret_values() -> list[str]:
+    """The configured credentials, to mask in an error line (none if settings are broken:
+    the line is then about them, and passwords are still masked by their pattern)."""
+    try:
+        return Settings.from_env().secret_values
+    except MarketstreamError:
+        return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -660,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (MarketstreamError, FileNotFoundError) as exc:
-        print(f"marketstream: error: {exc}", file=sys.stderr)
+        print(f"marketstream: error: {redact(str(exc), _secret_values())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("marketstream: interrupted", file=sys.stderr)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
     CommitFailedError,
@@ -57,11 +58,12 @@ from tqdm.auto import tqdm
 
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.decode import MAX_MESSAGE_BYTES, DecodedBatch, decode_records
-from marketstream.errors import ConsumeError
+from marketstream.errors import ConsumeError, StoreUnavailable
 from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.store import RunMetrics, Writer, locate, open_writer
+from marketstream.store.failures import named
 from marketstream.store.positions import as_key, behind
 
 __all__ = [
@@ -173,10 +175,18 @@ class Checkpoint:
     loop's, so it can be read, tested and hooked in one place.
     """
 
-    def __init__(self, consumer: Any, writer: Writer, hooks: ConsumeHooks):
+    def __init__(
+        self,
+        consumer: Any,
+        writer: Writer,
+        hooks: ConsumeHooks,
+        on_refused: Callable[[dict], None] | None = None,
+    ):
         self.consumer = consumer
         self.writer = writer
         self.hooks = hooks
+        #: told of each Kafka commit refused (the offsets it held), to log it
+        self.on_refused = on_refused
         #: Kafka commits refused because the partitions had moved (the batch is stored)
         self.lost_commits = 0
         #: what this run has committed to Kafka, per partition
@@ -235,6 +245,8 @@ class Checkpoint:
             # committed offset, and the store skips what it already has (the file's
             # keys, the lake's partition fences), so nothing is lost or doubled.
             self.lost_commits += 1
+            if self.on_refused is not None:
+                self.on_refused(offsets)
             return False
         for tp, o in offsets.items():
             self.kafka_committed[as_key(tp)] = o
@@ -663,7 +675,11 @@ def consume(
     # let go of a DuckDB file between batches, or it would keep the file's lock for its
     # whole run while the others wait outside the group (the bench found that).
     hold = policy.hold_store and settings.consumers == 1
-    writer = open_writer(locate(settings), hold=hold)
+    at = locate(settings)
+    try:
+        writer = open_writer(at, hold=hold)
+    except (duckdb.Error, OSError, StoreUnavailable) as exc:
+        raise _store_failure(exc, at, log, run_id) from None
     try:
         consumer = clients.consumer(settings, subscribe=False)
     except BaseException:
@@ -671,7 +687,12 @@ def consume(
         raise
     listener = PartitionLog(log, run_id, settings.consumer_group, consumer, writer)
     bar = tqdm(total=max_messages, unit="tick", desc="consume", disable=not progress)
-    checkpoint = Checkpoint(consumer, writer, hooks)
+
+    def refused(offsets: dict) -> None:
+        shown = {f"{t}[{p}]": o for (t, p), o in ((as_key(tp), o) for tp, o in offsets.items())}
+        log.warning("kafka_commit_refused", extra={"run_id": run_id, "offsets": shown})
+
+    checkpoint = Checkpoint(consumer, writer, hooks, on_refused=refused)
     loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
     status = "ok"
     try:
@@ -695,6 +716,12 @@ def consume(
                 operation="read",
             )
         ) from None
+    except (duckdb.Error, OSError, StoreUnavailable) as exc:
+        status = "failed"
+        failure = _store_failure(exc, at, log, run_id)
+        if failure is None:
+            raise
+        raise failure from None
     except BaseException:
         status = "failed"
         raise
@@ -702,15 +729,51 @@ def consume(
         loop.close()
         bar.close()
         consumer.close(autocommit=False)
-        left = loop.targets.behind(writer) if loop.targets and status == "ok" else 0
-        run = _run_metrics(
-            run_id, policy, settings, started_at, loop.tally, "stopped" if stop.is_set() else status
-        )
-        run.behind = left
-        writer.record_run(run)
-        writer.close()
-        log.info("consume_end", extra={"run_id": run_id, **_loggable(run)})
+        if status == "ok" and stop.is_set():
+            status = "stopped"
+        run = _run_metrics(run_id, policy, settings, started_at, loop.tally, status)
+        run.lost_commits = checkpoint.lost_commits
+        run.conflicts = writer.conflicts
+        _finish(run, loop, writer, at, log)
     return run
+
+
+def _store_failure(exc: BaseException, at: Any, log: Any, run_id: str) -> StoreUnavailable | None:
+    """The store's failure named (:mod:`marketstream.store.failures`) and logged."""
+    failure = named(exc, at)
+    if failure is not None:
+        log.error("store_error", extra={"run_id": run_id, "error": str(failure)})
+    return failure
+
+
+def _finish(run: RunMetrics, loop: _Loop, writer: Writer, at: Any, log: Any) -> None:
+    """Record the run's row and close the writer.
+
+    After a failure the store may be what failed (a full disk, a stopped catalog):
+    the row is then attempted, and a second failure only logged, so the first one,
+    the cause, is what the user sees. After a good run a failure here is named.
+    """
+    failed = run.status == "failed"
+    try:
+        try:
+            run.behind = loop.targets.behind(writer) if loop.targets and not failed else 0
+            writer.record_run(run)
+        finally:
+            writer.close()
+    except (duckdb.Error, OSError, StoreUnavailable) as exc:
+        if not failed:
+            raise _store_failure(exc, at, log, run.run_id) or exc from None
+        log.warning("run_not_recorded", extra={"run_id": run.run_id, "error": str(exc)})
+    if run.lost_commits or run.conflicts:
+        log.warning(
+            "commits_refused",
+            extra={
+                "run_id": run.run_id,
+                "lost_commits": run.lost_commits,
+                "conflicts": run.conflicts,
+            },
+        )
+    log.info("consume_end", extra={"run_id": run.run_id, **_loggable(run)})
 
 
 def refused_topic(settings: Settings, clients: KafkaClients) -> Callable[[], None]:

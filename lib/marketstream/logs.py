@@ -2,7 +2,9 @@
 
 Built on the standard :mod:`logging` module so library users can route the
 same records elsewhere; secrets never reach a record because settings are
-not logged whole (see :func:`marketstream.clients.connection_config`).
+not logged whole (see :func:`marketstream.clients.connection_config`), and a
+text field that quotes a connection string has its password masked
+(:func:`marketstream.redact.redact`: an error may quote the lake's catalog).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from marketstream.redact import redact
 
 LOGGER_NAME = "marketstream"
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -30,9 +34,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()
 
 

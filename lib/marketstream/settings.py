@@ -44,6 +44,7 @@ from typing import Any
 
 from marketstream.addresses import server_list, split_host_port
 from marketstream.errors import SettingsError
+from marketstream.redact import MASK, mask, passwords_in
 
 __all__ = [
     "DEFAULT_SYMBOLS",
@@ -51,13 +52,16 @@ __all__ = [
     "HOME_ENV",
     "OPTIONS",
     "PROJECT_ROOT",
+    "VARIABLES",
     "Option",
     "Settings",
     "SettingsError",
+    "Variable",
     "default_text",
     "environment",
     "home",
     "read_dotenv",
+    "variable",
 ]
 
 #: The source checkout this file sits in (lib/marketstream/settings.py): only meaningful
@@ -142,7 +146,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS", "min.insync.replicas of them"),
     Option("store", "MARKET_STORE", "duckdb (one file) or ducklake (Parquet + a catalog)"),
     Option("db_path", "MARKET_DB_PATH", "the DuckDB file"),
-    Option("ducklake_catalog", "MARKET_DUCKLAKE_CATALOG", "PostgreSQL DSN or SQLite path"),
+    Option(
+        "ducklake_catalog",
+        "MARKET_DUCKLAKE_CATALOG",
+        "PostgreSQL DSN or SQLite path (a secret: it may hold a password)",
+        secret=True,
+    ),
     Option("ducklake_data", "MARKET_DUCKLAKE_DATA", "DuckLake's Parquet folder (or s3://...)"),
     Option("postgres_home", "MARKET_POSTGRES_HOME", "the kit's own PostgreSQL data"),
     Option("postgres_port", "MARKET_POSTGRES_PORT", "its port (0: a free one)"),
@@ -178,14 +187,59 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME = {o.name: o for o in OPTIONS}
 
 
+@dataclass(frozen=True)
+class Variable:
+    """A variable the kit reads outside :class:`Settings`, and why it is not a setting."""
+
+    env: str
+    help: str
+    #: set by the kit for its own child processes, never by a user
+    internal: bool = True
+    secret: bool = False
+
+
+#: Every other variable the kit reads, so the one table names them all (a unit test
+#: finds every ``MARKET_*`` name in the code in :data:`OPTIONS` or here). They are not
+#: settings: each is read by the one module it concerns, at the moment it matters, and
+#: four are the kit talking to its own children.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "MARKET_PG_RUN_AS",
+        "run as root: the user the kit's PostgreSQL runs as (default nobody)",
+        internal=False,
+    ),
+    Variable(
+        "MARKET_BENCH_SCALING",
+        "bench: the scale-out phase: 0, 1, or stores (duckdb,ducklake); default on from "
+        "100,000 ticks",
+        internal=False,
+    ),
+    Variable("MARKET_WORKER_GATE", "tests: a file a worker waits for before it consumes"),
+    Variable("MARKET_STORE_RELAY", "workers on one DuckDB file: the relay's address"),
+    Variable("MARKET_STORE_RELAY_KEY", "workers on one DuckDB file: the relay's key", secret=True),
+    Variable("MARKET_BENCH_WORKER", "bench: a worker process's configuration (JSON)"),
+)
+
+_VARIABLES = {v.env: v for v in VARIABLES}
+
+
+def variable(env: str) -> str:
+    """The name of a variable of :data:`VARIABLES`: a typo fails at import, not at run time."""
+    return _VARIABLES[env].env
+
+
 def _resolve(raw: str | Path) -> Path:
     path = Path(raw).expanduser()
     return path if path.is_absolute() else home() / path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything configurable, with the defaults a laptop demo needs."""
+    """Everything configurable, with the defaults a laptop demo needs.
+
+    Its repr (and so every notebook that displays it) shows each secret masked
+    (:func:`marketstream.redact.mask`).
+    """
 
     bootstrap_servers: str = "localhost:9092"
     topic: str = "market_ticks"
@@ -224,16 +278,34 @@ class Settings:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
-    sasl_password: str = field(default="", repr=False)
+    sasl_password: str = ""
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
-    ssl_password: str = field(default="", repr=False)
+    ssl_password: str = ""
     ssl_check_hostname: bool = True
     compression: str = "zstd"
     isolation_level: str = "read_committed"
     replication_factor: int = 3
     min_insync_replicas: int = 2
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{option.name}={_shown(option, getattr(self, option.name))!r}"
+            for option in sorted(OPTIONS, key=lambda o: _ORDER[o.name])
+        )
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Every credential these settings hold, for :func:`marketstream.redact.redact`:
+        the passwords, and the password inside the catalog's connection string."""
+        found: list[str] = []
+        for option in OPTIONS:
+            value = getattr(self, option.name) if option.secret else ""
+            # a connection string's password is the secret, not where it points
+            found += [value] if mask(value) == MASK else passwords_in(value)
+        return found
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -369,6 +441,7 @@ class Settings:
         )
 
 
+_ORDER = {f.name: i for i, f in enumerate(fields(Settings))}
 _DEFAULTS = Settings()
 _KINDS: dict[str, type] = {f.name: type(getattr(_DEFAULTS, f.name)) for f in fields(Settings)}
 
@@ -384,6 +457,11 @@ def default_text(option: Option) -> str:
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def _shown(option: Option, value: object) -> object:
+    """A field's value as repr shows it: secrets masked."""
+    return mask(str(value)) if option.secret else value
 
 
 def _text(value: object) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from marketstream.errors import ConsumeError, MarketstreamError
 from marketstream.processes import Child, child_env, start_child
-from marketstream.settings import Settings, home
+from marketstream.settings import Settings, home, variable
 from marketstream.store import RunMetrics, init_store, locate, relay
 
 #: The last line a worker prints: its run.
@@ -54,7 +54,7 @@ WORKER_STOP_GRACE_S = 60.0
 
 #: A file path: workers given one join their group but fetch nothing until it exists
 #: (the scaling bench opens it once the group has settled; see :func:`settled`).
-GATE_ENV = "MARKET_WORKER_GATE"
+GATE_ENV = variable("MARKET_WORKER_GATE")
 
 
 def holdings(log_path: Path, group: str) -> dict[str, list[int]]:
@@ -173,6 +173,8 @@ def combined_run(runs: Sequence[RunMetrics], started_at: datetime, mode: str) ->
         max_event_time=max(newest) if newest else None,
         throughput_per_s=processed / elapsed if elapsed > 0 else 0.0,
         status=failed[0] if failed else "ok",
+        lost_commits=sum(r.lost_commits for r in runs),
+        conflicts=sum(r.conflicts for r in runs),
         # each worker measured the whole topic when it ended; the last word is the least
         behind=min((r.behind for r in runs), default=0),
     )

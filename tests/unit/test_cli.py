@@ -179,3 +179,22 @@ def test_pace_and_speed_make_a_pace():
     assert cli._pace(cli.build_parser().parse_args(["produce"])) is None
     live = cli.build_parser().parse_args(["live", "--pace"])
     assert cli._pace(live) == Pace(speed=1.0)
+
+
+def test_every_verb_takes_the_same_output_switch(verbs):
+    """``generate -q`` was refused beside ``produce -q`` and ``consume -q``."""
+    for name, parser in verbs.items():
+        switches = {s for a in parser._actions for s in a.option_strings}
+        assert {"-q", "--quiet"} <= switches, name
+
+
+def test_quiet_drops_the_notes_and_keeps_the_result(tmp_path, capsys):
+    csv = tmp_path / "ticks.csv"
+    assert cli.main(["generate", "-q", "--csv", str(csv), "--ticks-per-symbol", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("wrote 6 ticks") and err == ""
+    quiet = cli.build_parser().parse_args(["broker", "up", "-q"])
+    cli._notes(quiet)("a progress note")
+    loud = cli.build_parser().parse_args(["broker", "up"])
+    cli._notes(loud)("a progress note")
+    assert capsys.readouterr().err == "a progress note\n"

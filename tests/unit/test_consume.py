@@ -9,6 +9,8 @@ for a batch the store does not hold; and replaying a batch adds nothing.
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections import deque
 from typing import Any, ClassVar
@@ -20,7 +22,7 @@ from kafka.errors import KafkaConnectionError
 from marketstream import store
 from marketstream.clients import KafkaClients
 from marketstream.consume import BATCH, LIVE, ConsumeHooks, consume
-from marketstream.errors import ConsumeError
+from marketstream.errors import ConsumeError, StoreUnavailable
 from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
 from support.factories import records_for
@@ -175,9 +177,10 @@ def test_a_store_failure_commits_no_offset_for_that_batch(settings):
     def fail_second(con: Any, batch: Any) -> None:
         calls[0] += 1
         if calls[0] == 2:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError, match="disk full"):
+    # named for a person: the cause, its fix, and what the failed run left
+    with pytest.raises(StoreUnavailable, match=r"is full: free space there.*resumes there"):
         consume(
             settings,
             progress=False,

@@ -123,7 +123,7 @@ def run_bench(
     result["machine"]["load_average_start"] = load_start
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["chart"] = write_chart(result, out.with_suffix(".html"))
-    write_json(result, out)
+    write_json(result, out, secrets=settings.secret_values)
     print(format_table(result))
     print(f"\nwrote {out} and {result['chart']['html']}")
     return 0

@@ -17,11 +17,13 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from marketstream.bench.plan import API_PATHS, READER_POLL_S, TARGETS, Plan, met
+from marketstream.redact import redact
 from marketstream.settings import Settings
 
 
@@ -271,20 +273,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _clean(value: Any) -> Any:
-    """NaN is not JSON: write null instead."""
+def _clean(value: Any, secrets: Sequence[str]) -> Any:
+    """NaN is not JSON: write null instead; a text quoting a credential (an error a
+    phase kept) has it masked."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return redact(value, secrets)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: _clean(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [_clean(v, secrets) for v in value]
     return value
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
-    """The result as indented JSON (NaN as null, paths and times as text)."""
+def write_json(result: dict[str, Any], path: Path, secrets: Sequence[str] = ()) -> None:
+    """The result as indented JSON (NaN as null, paths and times as text, ``secrets``
+    and any connection string's password masked)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(_clean(result), indent=2, default=_json_default) + "\n", encoding="utf-8"
-    )
+    text = json.dumps(_clean(result, secrets), indent=2, default=_json_default)
+    path.write_text(text + "\n", encoding="utf-8")

@@ -54,13 +54,14 @@ from typing import Any
 
 from marketstream.bench.plan import distribution, met
 from marketstream.errors import BenchError
+from marketstream.settings import variable
 
 #: Worker counts of the table.
 WORKER_COUNTS = (1, 2, 3)
 #: The stores of the table, in order.
 STORES = ("duckdb", "ducklake")
 #: The environment variable selecting the phase: 0/off, 1/on/all, or stores ("duckdb,ducklake").
-SELECT_ENV = "MARKET_BENCH_SCALING"
+SELECT_ENV = variable("MARKET_BENCH_SCALING")
 #: Below this many ticks the phase is off unless asked for (smoke runs stay fast).
 DEFAULT_FROM_TICKS = 100_000
 #: Targets: each worker's rate as a share of the ceiling; 2 workers' aggregate over it.

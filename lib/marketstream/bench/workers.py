@@ -31,10 +31,10 @@ from typing import Any, TextIO
 
 from marketstream.errors import BenchError
 from marketstream.processes import child_env, parent_death_signal, terminate
-from marketstream.settings import Settings
+from marketstream.settings import Settings, variable
 
 #: The worker's own configuration (JSON), beside the settings' variables.
-CONFIG_ENV = "MARKETSTREAM_BENCH_WORKER"
+CONFIG_ENV = variable("MARKET_BENCH_WORKER")
 
 #: The module whose ``--worker KIND`` runs a worker.
 WORKER_MODULE = "marketstream.bench"

@@ -25,6 +25,9 @@ Signature = tuple[int, int, int, int]
 class Writer(Protocol):
     """Stores batches and their stream positions in one transaction each."""
 
+    #: commits lost to another writer and retried (only a lake has other writers)
+    conflicts: int
+
     def write_batch(
         self,
         ticks: pa.Table,

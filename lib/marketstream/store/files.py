@@ -25,7 +25,7 @@ import pyarrow as pa
 from marketstream.errors import StoreUnavailable
 from marketstream.store.backend import Signature
 from marketstream.store.positions import Positions, as_key, resume_points
-from marketstream.store.schema import SCHEMA, RunMetrics, run_insert
+from marketstream.store.schema import SCHEMA, RunMetrics, add_run_columns, run_insert
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked")
 
@@ -184,6 +184,7 @@ def init_db(path: Path) -> None:
     con = _connect_with_retry(path, read_only=False, timeout_s=30)
     try:
         con.execute(SCHEMA)
+        add_run_columns(con)  # a file made by an earlier kit
     finally:
         con.close()
 
@@ -214,6 +215,8 @@ class FileWriter:
         self.path = path
         self.hold = hold
         self.lock_timeout_s = lock_timeout_s
+        #: a file has one writer: no other commits to lose to
+        self.conflicts = 0
         init_db(path)
         self._con: duckdb.DuckDBPyConnection | None = None
         #: A second connection on the held file, for :meth:`positions`: the rebalance

@@ -64,9 +64,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketstream.errors import StoreUnavailable
+from marketstream.redact import redact
 from marketstream.settings import home
 from marketstream.store.positions import Positions, resume_points
-from marketstream.store.schema import LAKE_SCHEMA, RunMetrics, run_insert
+from marketstream.store.schema import LAKE_SCHEMA, RunMetrics, add_run_columns, run_insert
 
 #: The catalog's name inside each DuckDB connection.
 ALIAS = "lake"
@@ -103,9 +104,7 @@ class Lake:
 
     def describe(self) -> str:
         """The lake for a person (passwords left out)."""
-        shown = re.sub(r"(password=)\S+", r"\1***", self.catalog)
-        shown = re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", shown)
-        return f"DuckLake {shown} (data {self.data_path})"
+        return f"DuckLake {redact(self.catalog)} (data {self.data_path})"
 
 
 def catalog_spec(text: str) -> str:
@@ -122,7 +121,7 @@ def catalog_spec(text: str) -> str:
     if raw.endswith((".sqlite", ".sqlite3", ".db")):
         return f"sqlite:{Path(raw).expanduser()}"
     raise StoreUnavailable(
-        f"MARKET_DUCKLAKE_CATALOG={text!r} is neither a PostgreSQL connection string "
+        f"MARKET_DUCKLAKE_CATALOG={redact(text)!r} is neither a PostgreSQL connection string "
         "('host=... port=... user=... dbname=...' or 'postgresql://user@host:port/db') "
         "nor a SQLite file (*.sqlite)"
     )
@@ -213,7 +212,7 @@ def _unreachable(lake: Lake, exc: Exception) -> str:
     elif "could not translate host name" in text:
         reason = "its host name is unknown"
     else:
-        reason = why.strip()[:300]
+        reason = redact(why.strip())[:300]
     return f"cannot open {lake.describe()}: {reason}"
 
 
@@ -228,7 +227,9 @@ def init_lake(lake: Lake) -> None:
     try:
         for attempt in range(MAX_FENCE_ATTEMPTS):
             try:  # one transaction: a reader never sees some of the tables without the rest
-                con.execute(f"BEGIN TRANSACTION; {LAKE_SCHEMA}; COMMIT")
+                con.execute(f"BEGIN TRANSACTION; {LAKE_SCHEMA}")
+                add_run_columns(con)  # a lake made by an earlier kit
+                con.execute("COMMIT")
                 return
             except duckdb.Error as exc:
                 with contextlib.suppress(duckdb.Error):

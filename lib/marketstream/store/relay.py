@@ -36,13 +36,15 @@ from typing import Any
 import pyarrow as pa
 
 from marketstream.errors import MarketstreamError, StoreUnavailable
+from marketstream.settings import variable
+from marketstream.store.failures import explain
 from marketstream.store.files import FileWriter
 from marketstream.store.positions import as_key
 from marketstream.store.schema import RunMetrics
 
 #: The environment variables a worker finds the writer process by (set by the kit).
-ADDRESS_ENV = "MARKET_STORE_RELAY"
-KEY_ENV = "MARKET_STORE_RELAY_KEY"
+ADDRESS_ENV = variable("MARKET_STORE_RELAY")
+KEY_ENV = variable("MARKET_STORE_RELAY_KEY")
 
 #: How long a worker waits for the writer process to listen.
 READY_TIMEOUT_S = 60.0
@@ -80,6 +82,8 @@ class RelayWriter:
     """A worker's writer: each batch goes to the writer process, which answers rows added."""
 
     def __init__(self, address: str, key: str) -> None:
+        #: the file's writer process has no other writer to conflict with
+        self.conflicts = 0
         self._lock = threading.Lock()
         try:
             self._conn: Connection | None = Client(address, family="AF_UNIX", authkey=key.encode())
@@ -159,8 +163,8 @@ def _serve_one(conn: Connection, writer: FileWriter, lock: threading.Lock) -> No
                         writer.record_run(message[1])
                         answer = None
                 conn.send(("ok", answer))
-            except Exception as exc:  # the worker raises it, with the reason
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # the worker raises it, with the reason named
+                conn.send(("error", explain(exc, writer.path)))
 
 
 #: After SIGTERM, how long the writer process waits for its workers to hang up.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -60,7 +61,9 @@ CREATE TABLE IF NOT EXISTS pipeline_metrics (
     errors             BIGINT,
     max_event_time     TIMESTAMP,
     throughput_per_s   DOUBLE,
-    status             VARCHAR
+    status             VARCHAR,
+    lost_commits       BIGINT,   -- Kafka commits refused: the group had moved on
+    conflicts          BIGINT    -- lake commits lost to another writer, then retried
     {key_runs}
 );
 """
@@ -152,6 +155,11 @@ class RunMetrics:
     max_event_time: datetime | None
     throughput_per_s: float
     status: str = "ok"
+    #: Kafka commits refused because the group had moved the partitions on (each
+    #: batch was stored; its new owner's store skips it): many mean a worker stalls.
+    lost_commits: int = 0
+    #: lake commits lost to another writer of the same partition, then retried
+    conflicts: int = 0
     #: Messages the run was to store (the topic's end offsets when it started) that the
     #: store has not reached when it ended: 0 for a batch run that caught up. Reported,
     #: not a ``pipeline_metrics`` column (:data:`RUN_COLUMNS`).
@@ -160,6 +168,24 @@ class RunMetrics:
 
 #: The ``pipeline_metrics`` columns: every :class:`RunMetrics` field but ``behind``.
 RUN_COLUMNS = tuple(f.name for f in fields(RunMetrics) if f.name != "behind")
+
+
+#: Columns added to ``pipeline_metrics`` after stores were first written, with their type:
+#: :func:`add_run_columns` gives an older store them (its earlier rows read NULL).
+ADDED_RUN_COLUMNS = {"lost_commits": "BIGINT", "conflicts": "BIGINT"}
+
+
+def add_run_columns(con: Any) -> bool:
+    """Give an older store's ``pipeline_metrics`` the columns it lacks; True if it did.
+
+    Asked first, not ``ADD COLUMN IF NOT EXISTS`` every time: on the lake each
+    ALTER is a catalog snapshot, and every worker opens the store.
+    """
+    have = {row[0] for row in con.execute("DESCRIBE pipeline_metrics").fetchall()}
+    missing = {name: kind for name, kind in ADDED_RUN_COLUMNS.items() if name not in have}
+    for name, kind in missing.items():
+        con.execute(f"ALTER TABLE pipeline_metrics ADD COLUMN {name} {kind}")
+    return bool(missing)
 
 
 def run_insert(run: RunMetrics, verb: str = "INSERT") -> tuple[str, list[object]]:

@@ -4,7 +4,10 @@ The exactly-once tests end by comparing these numbers with what was produced,
 so they are computed in the store, not from a run's own tally: ticks, distinct
 ``(symbol, event_time)`` (equal to ticks when nothing is duplicated), dead
 letters, and per topic-partition the store's position (where a consumer
-resumes), the highest offset stored and the newest tick's event time.
+resumes), the highest offset stored and the newest tick's event time. Over all
+consumer runs: the Kafka commits refused because the group had moved on, and the
+lake's commits lost to another writer and retried (both harmless one by one: the
+store skips what it has; many mean a worker that stalls).
 ``marketstream stats`` adds each partition's end offset and lag
 (:func:`marketstream.lag.annotate`).
 """
@@ -21,7 +24,10 @@ _COUNTS_SQL = """
     SELECT (SELECT count(*) FROM market_ticks),
            (SELECT count(*) FROM (SELECT DISTINCT symbol, event_time FROM market_ticks)),
            (SELECT count(*) FROM dead_letters),
-           (SELECT count(*) FROM (SELECT DISTINCT topic, "partition", "offset" FROM dead_letters))
+           (SELECT count(*) FROM (SELECT DISTINCT topic, "partition", "offset" FROM dead_letters)),
+           (SELECT count(*) FROM pipeline_metrics),
+           (SELECT coalesce(sum(lost_commits), 0) FROM pipeline_metrics),
+           (SELECT coalesce(sum(conflicts), 0) FROM pipeline_metrics)
 """
 
 _PARTITIONS_SQL = """
@@ -51,12 +57,17 @@ def stats(at: Where) -> dict[str, Any]:
         "distinct_ticks": 0,
         "dead_letters": 0,
         "distinct_dead_letters": 0,
+        "runs": 0,
+        "lost_commits": 0,
+        "conflicts": 0,
         "partitions": [],
     }
     if not exists(at):
         return out
     with read_connection(at) as con:
-        ticks, distinct, dead, distinct_dead = con.execute(_COUNTS_SQL).fetchone()
+        ticks, distinct, dead, distinct_dead, runs, lost, conflicts = con.execute(
+            _COUNTS_SQL
+        ).fetchone()
         rows = con.execute(_PARTITIONS_SQL).fetchall()
         positions = with_implied(con, impl.stored_positions(con))
         extra = impl.extra_stats(con)
@@ -66,6 +77,9 @@ def stats(at: Where) -> dict[str, Any]:
         distinct_ticks=int(distinct),
         dead_letters=int(dead),
         distinct_dead_letters=int(distinct_dead),
+        runs=int(runs),
+        lost_commits=int(lost),
+        conflicts=int(conflicts),
         # every partition with rows has a position (its own, or the one its rows imply);
         # one the store has moved past with nothing stored has a position alone
         partitions=[
@@ -108,6 +122,8 @@ def render(report: dict[str, Any]) -> str:
         f"ticks           {report['ticks']:,}",
         f"distinct ticks  {report['distinct_ticks']:,}  ((symbol, event_time))",
         f"dead letters    {report['dead_letters']:,}",
+        f"consumer runs   {report['runs']:,}: {report['lost_commits']:,} Kafka commits refused "
+        f"(the group had moved on), {report['conflicts']:,} lake commit conflicts retried",
     ]
     if "data_files" in report:
         lines.append(
