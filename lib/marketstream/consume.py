@@ -63,7 +63,7 @@ from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
 from marketstream.store import RunMetrics, Writer, locate, open_writer
-from marketstream.store.failures import named
+from marketstream.store.failures import mid_run
 from marketstream.store.positions import as_key, behind
 
 __all__ = [
@@ -740,7 +740,7 @@ def consume(
 
 def _store_failure(exc: BaseException, at: Any, log: Any, run_id: str) -> StoreUnavailable | None:
     """The store's failure named (:mod:`marketstream.store.failures`) and logged."""
-    failure = named(exc, at)
+    failure = mid_run(exc, at)
     if failure is not None:
         log.error("store_error", extra={"run_id": run_id, "error": str(failure)})
     return failure

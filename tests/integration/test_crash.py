@@ -44,7 +44,7 @@ from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.settings import Settings
 from marketstream.ticks import Tick, generate_ticks
 from support.processes import QUICK_SESSION_S
-from support.stored import store_counts, store_difference
+from support.stored import committed_offsets, store_counts, store_difference
 from support.waiting import exited, wait_until
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225", "FTSE100")
@@ -86,23 +86,6 @@ def finish(proc: subprocess.Popen[str], timeout_s: float = 120) -> tuple[int, st
         out, err = proc.communicate()
         pytest.fail(f"consumer did not exit within {timeout_s}s: {out[-2000:]} {err[-2000:]}")
     return proc.returncode, out, err
-
-
-def committed_offsets(admin: KafkaAdminClient, settings: Settings) -> dict[int, int]:
-    """The consumer group's committed offset per partition of the topic (absent = 0).
-
-    A group that has not committed yet (or a coordinator still loading after a
-    broker start) reads as nothing committed.
-    """
-    try:
-        offsets = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
-    except KafkaError:
-        return {}
-    return {
-        tp.partition: meta.offset
-        for tp, meta in offsets.items()
-        if tp.topic == settings.topic and meta.offset >= 0
-    }
 
 
 def wait_for_commits(

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
 from marketstream import store
+from marketstream.settings import Settings
 from marketstream.ticks import Tick
 from support.factories import tick_table
 
@@ -44,3 +48,20 @@ def store_difference(db: Path, ticks: list[Tick]) -> tuple[int, int]:
             """
         ).fetchall()[0]
     return int(missing), int(extra)
+
+
+def committed_offsets(admin: KafkaAdminClient, settings: Settings) -> dict[int, int]:
+    """The consumer group's committed offset per partition of the topic (absent = 0).
+
+    A group that has not committed yet (or a coordinator still loading after a
+    broker start) reads as nothing committed.
+    """
+    try:
+        offsets = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
+    except KafkaError:
+        return {}
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic == settings.topic and meta.offset >= 0
+    }

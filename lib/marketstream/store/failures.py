@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import getpass
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 
 from marketstream.errors import StoreUnavailable
 from marketstream.redact import redact
 
-__all__ = ["AFTER", "explain", "named"]
+__all__ = ["AFTER", "cause", "explain", "mid_run", "named"]
 
 #: What a failed run leaves behind, said after the cause.
 AFTER = (
@@ -45,7 +47,7 @@ _CATALOG_GONE = (
 )
 
 
-def _cause(text: str, at: object) -> str | None:
+def cause(text: str, at: object) -> str | None:
     """The cause and its fix, from an error's text; None for a failure not recognised."""
     lake = not isinstance(at, Path)
     where = f"the lake's data ({getattr(at, 'data_path', at)})" if lake else str(at)
@@ -73,8 +75,9 @@ def _cause(text: str, at: object) -> str | None:
             f"{where} is held by another program ({program}, PID {held.group(2)}); a DuckDB file "
             f"has one writer at a time: close it there, or set {variable} to another file"
         )
-    if lake and any(words in lowered for words in _CATALOG_GONE):
-        catalog = redact(getattr(at, "catalog", ""))
+    catalog = getattr(at, "catalog", "")
+    if lake and (any(words in lowered for words in _CATALOG_GONE) or _silent(catalog)):
+        catalog = redact(catalog)
         return (
             f"the lake's catalog ({catalog}) stopped answering: start its server again "
             "(`marketstream postgres up` for the kit's own), or mend MARKET_DUCKLAKE_CATALOG"
@@ -86,26 +89,62 @@ def _cause(text: str, at: object) -> str | None:
     return None
 
 
-def named(exc: BaseException, at: object) -> StoreUnavailable | None:
-    """The store failure ``exc`` as one line, or None if it is not one the kit recognises.
+def catalog_address(catalog: str) -> tuple[str, int] | None:
+    """Where a ``postgres:`` catalog listens, from its connection string (keywords or a
+    URL); None for another kind of catalog, or one on a unix socket."""
+    if not catalog.startswith("postgres:"):
+        return None
+    dsn = catalog.removeprefix("postgres:")
+    if "://" in dsn:
+        url = urlsplit(dsn)
+        host, port = url.hostname, url.port
+    else:
+        words = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn))
+        host, raw = words.get("host", "").strip("'"), words.get("port", "").strip("'")
+        port = int(raw) if raw.isdigit() else None
+    if not host or host.startswith("/"):
+        return None
+    return host, port or 5432
 
-    ``at`` is where the store is (a file's path or a lake). A
-    :class:`StoreUnavailable` is already named: it comes back with :data:`AFTER`.
-    """
+
+def _silent(catalog: str) -> bool:
+    """True if the catalog's server does not take a connection now. Asked when an error
+    says nothing of why: a PostgreSQL stopped inside a transaction fails DuckLake's
+    commit with only ``Failed to execute query "ROLLBACK":`` (measured here)."""
+    address = catalog_address(catalog)
+    if address is None:
+        return False
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def named(exc: BaseException, at: object) -> StoreUnavailable | None:
+    """The store failure ``exc`` as one line, or None if it is not one the kit recognises
+    (a bug: shown as one). ``at`` is where the store is (a file's path or a lake); a
+    :class:`StoreUnavailable` is already named."""
     if isinstance(exc, StoreUnavailable):
-        return StoreUnavailable(f"{exc}; {AFTER}")
+        return exc
     if not isinstance(exc, duckdb.Error | OSError):
         return None
     text = " ".join(str(exc).split())
-    cause = _cause(text, at)
-    if cause is None:
+    found = cause(text, at)
+    if found is None:
         if not isinstance(exc, duckdb.IOException | OSError):
-            return None  # not the machine's doing: a bug, shown as one
-        cause = f"the store failed: {redact(text)[:300]}"
-    return StoreUnavailable(f"{cause}; {AFTER}")
+            return None  # not the machine's doing
+        found = f"the store failed: {redact(text)[:300]}"
+    return StoreUnavailable(found)
+
+
+def mid_run(exc: BaseException, at: object) -> StoreUnavailable | None:
+    """:func:`named`, for a consumer's run: with what the run left (:data:`AFTER`)."""
+    found = named(exc, at)
+    return None if found is None else StoreUnavailable(f"{found}; {AFTER}")
 
 
 def explain(exc: BaseException, at: object) -> str:
     """An error's text for a relay's answer: the named cause, else the error as it is."""
     found = named(exc, at)
-    return str(found).removesuffix(f"; {AFTER}") if found else f"{type(exc).__name__}: {exc}"
+    return str(found) if found else f"{type(exc).__name__}: {exc}"

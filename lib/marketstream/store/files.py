@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from marketstream.errors import StoreUnavailable
 from marketstream.store.backend import Signature
+from marketstream.store.failures import cause
 from marketstream.store.positions import Positions, as_key, resume_points
 from marketstream.store.schema import SCHEMA, RunMetrics, add_run_columns, run_insert
 
@@ -168,11 +169,9 @@ def _connect_with_retry(
             return _connect(path, read_only)
         except duckdb.Error as exc:
             if not _is_lock_error(exc) or time.monotonic() >= deadline:
-                if _is_lock_error(exc):
-                    raise StoreUnavailable(
-                        f"{path} stayed locked by another writer for {timeout_s:.1f}s; "
-                        "stop the other writing process or point MARKET_DB_PATH elsewhere"
-                    ) from None
+                if _is_lock_error(exc):  # named: which program, which PID
+                    held = cause(" ".join(str(exc).split()), path) or f"{path} is locked"
+                    raise StoreUnavailable(f"{held} (waited {timeout_s:.0f} s)") from None
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

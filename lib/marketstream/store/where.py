@@ -15,10 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from marketstream.errors import StoreUnavailable
 from marketstream.settings import Settings
 from marketstream.store import files, lake
 from marketstream.store.backend import Backend, Signature, Writer
+from marketstream.store.failures import named
 from marketstream.store.lake import Lake
 from marketstream.store.positions import Positions
 
@@ -95,9 +98,23 @@ def describe(at: Where) -> str:
     return backend(at).describe(at)
 
 
+@contextmanager
+def _named(at: Where) -> Iterator[None]:
+    """The machine's failures as one line (:mod:`.failures`): a read-only folder, a full
+    disk, a file another program holds, a catalog that does not answer."""
+    try:
+        yield
+    except (duckdb.Error, OSError) as exc:
+        found = named(exc, at)
+        if found is None:
+            raise
+        raise found from None
+
+
 def init_store(at: Where) -> None:
     """Create the tables and views if missing (idempotent)."""
-    backend(at).init(at)
+    with _named(at):
+        backend(at).init(at)
 
 
 def exists(at: Where) -> bool:
@@ -124,12 +141,14 @@ def open_writer(at: Where, *, hold: bool = True) -> Writer:
     they share in its environment (set by :func:`marketstream.workers.start_workers`)
     and writes through it (:mod:`marketstream.store.relay`).
     """
-    return backend(at).open_writer(at, hold=hold)
+    with _named(at):
+        return backend(at).open_writer(at, hold=hold)
 
 
 def set_positions(at: Where, positions: Positions) -> None:
     """Move the store's positions to exactly these offsets (to replay or skip a range)."""
-    backend(at).set_positions(at, positions)
+    with _named(at):
+        backend(at).set_positions(at, positions)
 
 
 def remove_store(at: Where) -> None:
