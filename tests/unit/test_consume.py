@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 
 import pytest
 from kafka import TopicPartition
-from kafka.errors import KafkaConnectionError
+from kafka.errors import CommitFailedError, KafkaConnectionError
 
 from marketstream import store
 from marketstream.clients import KafkaClients
 from marketstream.consume import BATCH, LIVE, ConsumeHooks, consume
 from marketstream.errors import ConsumeError, StoreUnavailable
+from marketstream.logs import read_log
 from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks
 from support.factories import records_for
@@ -41,6 +42,8 @@ class FakeConsumer:
         self.position_of: dict[TopicPartition, int] = {}
         self.ends: dict[TopicPartition, int] = {}
         self.fail_poll: Exception | None = None
+        #: this many commits are refused, as when the group has moved on
+        self.refuse_commits = 0
         self.closed = False
         FakeConsumer.instances.append(self)
 
@@ -89,6 +92,9 @@ class FakeConsumer:
         return self.position_of.get(tp, 0)
 
     def commit(self, offsets: dict) -> None:
+        if self.refuse_commits:
+            self.refuse_commits -= 1
+            raise CommitFailedError("the group has rebalanced")
         self.events.append("kafka-commit")
         self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
 
@@ -96,11 +102,13 @@ class FakeConsumer:
         self.closed = True
 
 
-def fake_clients(polls: list[list]) -> KafkaClients:
-    """Clients whose consumer serves ``polls`` (each a list of records), then nothing."""
+def fake_clients(polls: list[list], refuse_commits: int = 0) -> KafkaClients:
+    """Clients whose consumer serves ``polls`` (each a list of records), then nothing,
+    and refuses its first ``refuse_commits`` commits."""
 
     def build(**config: Any) -> FakeConsumer:
         consumer = FakeConsumer(**config)
+        consumer.refuse_commits = refuse_commits
         consumer.polls.extend(polls)
         for batch in polls:
             for r in batch:
@@ -274,3 +282,20 @@ def test_live_policy_accumulates_polls_into_fewer_writes(settings):
     assert sum(batches) == 200 and run.status == "stopped"
     assert len(batches) < len(polls)
     assert run.mode == LIVE.mode and LIVE.write_gap_s and BATCH.write_gap_s is None
+
+
+def test_a_refused_kafka_commit_is_logged_recorded_and_shown(settings):
+    """The group moved on (a rebalance, a stall past the session): the batch is stored
+    and its commit refused. That was counted and never read; now it is in the log, in
+    the run's row and in ``stats``."""
+    FakeConsumer.instances.clear()
+    polls = polls_of(300, 100)
+    run = consume(settings, progress=False, clients=fake_clients(polls, refuse_commits=2))
+    assert (run.rows_inserted, run.lost_commits, run.conflicts) == (300, 2, 0)
+    refused = [e for e in read_log(settings.log_path) if e["event"] == "kafka_commit_refused"]
+    assert len(refused) == 2 and all(e["run_id"] == run.run_id for e in refused)
+    [row] = store.pipeline_runs(settings.db_path).to_dict("records")
+    assert (row["lost_commits"], row["conflicts"]) == (2, 0)
+    report = store.stats(settings.db_path)
+    assert (report["runs"], report["lost_commits"], report["conflicts"]) == (1, 2, 0)
+    assert "2 Kafka commits refused" in store.render_stats(report)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import pytest
 
 from marketstream import store
@@ -143,7 +144,10 @@ def test_reader_waits_for_a_writer_in_another_process(db):
     proc.start()
     try:
         assert ready.wait(120)  # a spawned interpreter: slow to start on a loaded machine
-        with pytest.raises(StoreUnavailable, match="locked"), store.read_connection(db, 0.2):
+        with (
+            pytest.raises(StoreUnavailable, match="held by another program"),
+            store.read_connection(db, 0.2),
+        ):
             pass
         release.set()  # the writer lets go while the reader retries
         with store.read_connection(db, timeout_s=60) as con:  # retries until it lets go
@@ -255,3 +259,22 @@ def test_stats_counts_ticks_distinct_ticks_dead_letters_and_offsets_per_partitio
         "newest_event_time": newest,
     }
     assert "distinct ticks  5" in store.render_stats(report)
+
+
+def test_a_store_an_earlier_kit_made_gets_the_new_run_columns(tmp_path) -> None:
+    """``pipeline_metrics`` gained ``lost_commits`` and ``conflicts``; a file made before
+    has neither, and ``CREATE TABLE IF NOT EXISTS`` would not add them."""
+    path = tmp_path / "old.duckdb"
+    store.init_db(path)
+    con = duckdb.connect(str(path))
+    for column in ("lost_commits", "conflicts"):
+        con.execute(f"ALTER TABLE pipeline_metrics DROP COLUMN {column}")
+    con.execute("INSERT INTO pipeline_metrics (run_id, status) VALUES ('old', 'ok')")
+    con.close()
+    now = datetime(2026, 1, 1)
+    run = RunMetrics("new", "batch", "t", now, now, 1.0, 1, 1, 0, 0, None, 1.0, lost_commits=3)
+    with open_writer(path) as writer:
+        writer.record_run(run)
+    rows = store.pipeline_runs(path).set_index("run_id")
+    assert rows.loc["new", "lost_commits"] == 3
+    assert rows.loc["old", "status"] == "ok"  # the earlier rows stay, their new cells empty

@@ -171,7 +171,7 @@ def _connect_with_retry(
             if not _is_lock_error(exc) or time.monotonic() >= deadline:
                 if _is_lock_error(exc):  # named: which program, which PID
                     held = cause(" ".join(str(exc).split()), path) or f"{path} is locked"
-                    raise StoreUnavailable(f"{held} (waited {timeout_s:.0f} s)") from None
+                    raise StoreUnavailable(f"{held} (waited {timeout_s:g} s)") from None
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
