@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import suppress
 
@@ -68,3 +69,34 @@ def no_stray_children() -> Iterator[None]:
             names.append(p.cmdline())
     kill_all(still)
     assert not still, f"stray processes: {names}"
+
+
+class CommandLines:
+    """Every command line of this process's descendants, sampled while a block runs
+    (the kernels papermill starts, the broker JVMs, anything else the kit spawns)."""
+
+    def __init__(self, every_s: float = 0.1) -> None:
+        self.every_s = every_s
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _sample(self) -> None:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                self.seen.add(" ".join(child.cmdline()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> CommandLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -21,7 +21,6 @@ trip per connection, not throughput.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import pytest
 from marketstream.broker import running_broker_pids
 from marketstream.pipeline import run_pipeline
 from marketstream.settings import Settings
+from support.processes import CommandLines
 from support.secured import SECRETS, Certs, Secured, fresh
 
 #: mode -> (broker fixture, client settings for that broker's super user)
@@ -42,37 +42,6 @@ MODES: dict[str, tuple[str, Callable[[Secured], Settings]]] = {
     "mTLS": ("mtls_broker", lambda b: b.settings),
     "SASL_SSL+SCRAM-SHA-512": ("sasl_ssl_broker", lambda b: b.settings),
 }
-
-
-class CommandLines:
-    """Every command line of this process's descendants, sampled while a block runs
-    (the kernels papermill starts, the broker JVMs, anything else the kit spawns)."""
-
-    def __init__(self, every_s: float = 0.1) -> None:
-        self.every_s = every_s
-        self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _sample(self) -> None:
-        for child in psutil.Process().children(recursive=True):
-            try:
-                self.seen.add(" ".join(child.cmdline()))
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> CommandLines:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def assert_no_secret(texts: dict[str, str]) -> None:
