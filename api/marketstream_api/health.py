@@ -1,7 +1,8 @@
 """``/health``: can the store be read, does the broker answer.
 
 The two halves differ on purpose. The store is what the API serves, so an
-unreadable store makes the answer a 503 (``degraded``); the broker is only
+unreadable store makes the answer a 503 (``degraded``), and so does one with no
+ticks yet (``empty``: nothing to serve); the broker is only
 reported, since every other endpoint works without it.
 
 The broker half is :meth:`marketstream.clients.KafkaClients.reachable`, the
@@ -25,6 +26,9 @@ from marketstream.settings import Settings
 from marketstream.store import HealthSnapshot
 
 from .encode import first_line
+
+#: What an empty store's ``/health`` says, so a person knows what to run.
+EMPTY = "no ticks stored yet: run `make demo`, or `marketstream live`"
 
 #: ``(settings, timeout_s) -> reachable``, as :meth:`KafkaClients.reachable`.
 BrokerCheck = Callable[[Settings, float], bool]
@@ -101,14 +105,24 @@ def store_health(settings: Settings, snapshot: SnapshotReader) -> dict[str, Any]
 def health_report(
     settings: Settings, probe: BrokerProbe, snapshot: SnapshotReader
 ) -> tuple[dict[str, Any], int]:
-    """The /health body and its status: 200 if the store is readable, else 503."""
+    """The /health body and its status: 200 if the store is readable and holds ticks;
+    else 503, ``empty`` (nothing stored yet: ``marketstream api`` creates the store it
+    serves, so after ``make clean`` it answered 200 ``ok`` with nothing to serve) or
+    ``degraded`` (the store cannot be read)."""
     store_state = store_health(settings, snapshot)
+    if not store_state["reachable"]:
+        status = "degraded"
+    elif not store_state["ticks"]:
+        status = "empty"
+        store_state["error"] = EMPTY
+    else:
+        status = "ok"
     body = {
-        "status": "ok" if store_state["reachable"] else "degraded",
+        "status": status,
         "store": store_state,
         "broker": {
             "reachable": probe.reachable(),
             "bootstrap_servers": settings.bootstrap_servers,
         },
     }
-    return body, 200 if store_state["reachable"] else 503
+    return body, 200 if status == "ok" else 503

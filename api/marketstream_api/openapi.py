@@ -240,7 +240,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "store", "broker"],
         "properties": {
-            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "status": {"type": "string", "enum": ["ok", "empty", "degraded"]},
             "store": {
                 "type": "object",
                 "required": ["reachable", "path", "ticks", "error"],
@@ -447,8 +447,12 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "is the store readable, is the broker reachable",
                 "responses": {
-                    "200": _json(_ref("Health"), "store reachable"),
-                    "503": _json(_ref("Health"), "store unreachable (status degraded)"),
+                    "200": _json(_ref("Health"), "store readable, ticks stored"),
+                    "503": _json(
+                        _ref("Health"),
+                        "no ticks stored yet (status empty), or the store unreadable "
+                        "(status degraded)",
+                    ),
                 },
             }
         },

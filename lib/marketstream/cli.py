@@ -100,6 +100,10 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
     "soak": ("bootstrap_servers", "batch_size"),
 }
 
+#: ``broker status``'s exit code when no broker answers: a script can test it
+#: (``systemctl status`` and ``pg_ctl status`` say "not running" with 3 too).
+NOT_RUNNING = 3
+
 #: Flags that are not the field's name with dashes (kept from before, or shorter).
 FLAGS = {
     "db_path": "--db",
@@ -255,7 +259,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     found = cluster.cluster_status(settings)
     if nodes > 1 or found.managed:
         print(json.dumps(found.to_dict(), indent=2) if args.json else found.describe())
-        return 0
+        return 0 if found.all_up else NOT_RUNNING
     status = broker.broker_status(settings)
     counts = _partition_counts(settings) if status.reachable else None
     if args.json:
@@ -265,7 +269,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
         if counts is not None:
             spread = ", ".join(f"{p}: {n:,}" for p, n in counts.items())
             print(f"  topic {settings.topic}, messages per partition: {spread}")
-    return 0
+        elif not status.managed:
+            print("  `marketstream broker up` starts one here", file=sys.stderr)
+    return 0 if status.reachable else NOT_RUNNING
 
 
 def _partition_counts(settings: Settings) -> dict[int, int] | None:

@@ -268,10 +268,10 @@ def test_a_cluster_of_another_size_is_not_restarted_silently(tmp_path: Path) -> 
 def test_cli_status_json_without_a_cluster(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``broker status --nodes 3 --json`` with nothing there: an empty node list, exit 0.
+    """``broker status --nodes 3 --json`` with nothing there: an empty node list, exit 3.
     (The environment is how a user configures the CLI; no module global is patched.)"""
     monkeypatch.setenv("MARKETSTREAM_KAFKA_HOME", str(tmp_path / "home"))
-    assert cli.main(["broker", "status", "--nodes", "3", "--json"]) == 0
+    assert cli.main(["broker", "status", "--nodes", "3", "--json"]) == cli.NOT_RUNNING
     data = json.loads(capsys.readouterr().out)
     assert data["nodes"] == [] and data["cluster_dir"].endswith("cluster-9092")
     assert cli.main(["broker", "down", "--nodes", "0"]) == 2  # (down: harmless if unchecked)

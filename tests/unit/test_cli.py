@@ -198,3 +198,15 @@ def test_quiet_drops_the_notes_and_keeps_the_result(tmp_path, capsys):
     loud = cli.build_parser().parse_args(["broker", "up"])
     cli._notes(loud)("a progress note")
     assert capsys.readouterr().err == "a progress note\n"
+
+
+def test_broker_status_without_a_broker_exits_3_and_says_how_to_start_one(
+    tmp_path, monkeypatch, capsys
+):
+    from marketstream.processes import free_port
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MARKETSTREAM_KAFKA_HOME", str(tmp_path / "kafka"))
+    assert cli.main(["broker", "status"]) == cli.NOT_RUNNING == 3
+    out, err = capsys.readouterr()
+    assert "no Kafka broker answers" in out and "marketstream broker up" in err
