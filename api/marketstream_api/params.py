@@ -103,7 +103,7 @@ def symbol_param(name: str = "symbol") -> str:
     raw = _arg(name)
     if raw is None:
         raise BadParameter(name, f"{name} is required, e.g. {name}=SP500")
-    if not SYMBOL_RE.match(raw):
+    if not SYMBOL_RE.fullmatch(raw):
         raise BadParameter(name, f"{name} must be 1-32 of A-Z 0-9 . _ -, got {raw!r}")
     return raw
 

@@ -32,6 +32,17 @@ DEFAULT_START = datetime(2025, 1, 6, 14, 30, tzinfo=UTC)
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 
+#: A message's timestamp, in one form: ISO-8601's extended date-time as RFC 3339 profiles
+#: it, the offset optional (naive is UTC): ``YYYY-MM-DDTHH:MM:SS[.fraction][Z|±HH:MM]``.
+#: ``fromisoformat`` alone also takes any character as the separator ("X", NUL), a date
+#: alone, week dates, the basic format, offset seconds and minute 75 (+05:75 as +06:15),
+#: and after parse_timestamp's strip, a padded or "\n"-ended text. A CSV cell or an API
+#: query may still be written loosely: only messages are held to this.
+MESSAGE_TIMESTAMP_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.(?P<fraction>[0-9]+))?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+)
+
 #: Largest volume accepted: 2**53 - 1, the largest integer a JSON reader that uses
 #: doubles (Grafana, any browser) still reads exactly; far below BIGINT's limit, so
 #: an absurd volume is a dead letter instead of an overflow in the Arrow batch.
@@ -100,9 +111,13 @@ def parse_timestamp(raw: str) -> datetime:
         raise TickError(f"timestamp {raw!r} is not ISO-8601") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    if not MIN_YEAR <= ts.year <= MAX_YEAR:
+    try:  # the range is of the UTC year: "1970-01-01T00:30+01:00" is before the epoch
+        utc = ts.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 pushed out of datetime's range by its offset
+        utc = None
+    if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
         raise TickError(f"timestamp {raw!r} is out of range ({MIN_YEAR}-{MAX_YEAR})")
-    return ts.astimezone(UTC)
+    return utc
 
 
 def validate(timestamp: datetime, symbol: str, price: float, volume: int) -> Tick:
@@ -136,11 +151,17 @@ def tick_from_message(value: bytes) -> Tick:
     missing = [c for c in CSV_COLUMNS if c not in data]
     if missing:
         raise TickError(f"missing field(s): {', '.join(missing)}")
-    if not isinstance(data["timestamp"], str):
+    raw = data["timestamp"]
+    if not isinstance(raw, str):
         raise TickError("timestamp is not a string")
-    return validate(
-        parse_timestamp(data["timestamp"]), data["symbol"], data["price"], data["volume"]
-    )
+    form = MESSAGE_TIMESTAMP_RE.fullmatch(raw)
+    if form is None:
+        raise TickError(
+            f"timestamp {raw!r} is not ISO-8601 (YYYY-MM-DDTHH:MM:SS[.ffffff][Z|±HH:MM])"
+        )
+    if (form["fraction"] or "")[6:].strip("0"):  # the store keeps microseconds: no rounding
+        raise TickError(f"timestamp {raw!r} is more precise than microseconds")
+    return validate(parse_timestamp(raw), data["symbol"], data["price"], data["volume"])
 
 
 def start_level(symbol: str) -> float:

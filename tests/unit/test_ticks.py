@@ -107,6 +107,22 @@ def _msg(**fields: object) -> bytes:
         (_msg(volume=1.5), "volume"),
         (_msg(symbol="a b"), "symbol"),
         (_msg(symbol=7), "symbol"),
+        # fromisoformat takes these, a message must not: one form, exactly
+        (_msg(timestamp="2025-01-01X00:00:00Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01\x0000:00:00Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01 00:00:00Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00:00Z\n"), "ISO-8601"),
+        (_msg(timestamp="\u00a02025-01-01T00:00:00Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01"), "ISO-8601"),
+        (_msg(timestamp="2025-W01-3T00:00:00Z"), "ISO-8601"),
+        (_msg(timestamp="20250101T000000Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00:00,5Z"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00:00+05:75"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00:00+01:00:30"), "ISO-8601"),
+        (_msg(timestamp="2025-01-01T00:00:00.1234567Z"), "microseconds"),
+        (_msg(timestamp="1970-01-01T00:30:00+01:00"), "range"),
+        (_msg(timestamp="2200-12-31T23:30:00-01:00"), "range"),
     ],
 )
 def test_invalid_messages_say_why(raw, reason):
@@ -119,6 +135,37 @@ def test_nan_and_infinite_prices_are_rejected():
         raw = f'{{"timestamp": "2025-01-01T00:00:00Z", "symbol": "A", "price": {bad}, "volume": 1}}'
         with pytest.raises(TickError):
             tick_from_message(raw.encode())
+
+
+@pytest.mark.parametrize(
+    ("raw", "utc"),
+    [
+        ("2025-01-01T10:00:00.5Z", datetime(2025, 1, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+        ("2025-01-01T10:00:00.123456000Z", datetime(2025, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2025-01-01T15:30:00+05:30", datetime(2025, 1, 1, 10, tzinfo=UTC)),
+        ("2025-01-01T10:00:00-00:00", datetime(2025, 1, 1, 10, tzinfo=UTC)),
+        ("2025-01-01T10:00:00", datetime(2025, 1, 1, 10, tzinfo=UTC)),
+        ("1969-12-31T23:30:00-01:00", datetime(1970, 1, 1, 0, 30, tzinfo=UTC)),
+    ],
+)
+def test_message_timestamps_in_any_offset_or_none(raw: str, utc: datetime) -> None:
+    assert tick_from_message(_msg(timestamp=raw)).timestamp == utc
+
+
+def test_the_year_range_is_of_the_utc_time():
+    """1970-01-01T00:30+01:00 is before the epoch: the range was checked on the local year."""
+    with pytest.raises(TickError, match="range"):
+        parse_timestamp("1970-01-01T00:30:00+01:00")
+    assert parse_timestamp("2201-01-01T00:30:00+01:00") == datetime(
+        2200, 12, 31, 23, 30, tzinfo=UTC
+    )
+    with pytest.raises(TickError, match="range"):  # not an OverflowError out of astimezone
+        parse_timestamp("0001-01-01T00:30:00+01:00")
+
+
+def test_csv_and_api_timestamps_stay_lenient():
+    """Only a message must use the one form; a CSV cell or a query may be written loosely."""
+    assert parse_timestamp(" 2025-01-01 10:00 ") == datetime(2025, 1, 1, 10, tzinfo=UTC)
 
 
 def test_naive_timestamps_are_utc():
