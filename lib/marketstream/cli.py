@@ -436,8 +436,8 @@ def cmd_postgres(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "up":
-        server = start_postgres(
-            settings.postgres_home, settings.postgres_port or None, say=_notes(args)
+        server = start_postgres(  # kept: it outlives this command, until `postgres down`
+            settings.postgres_home, settings.postgres_port or None, say=_notes(args), keep=True
         )
         print(f"PostgreSQL on {server.host}:{server.port} (data {server.data_dir})")
         print(f"export MARKET_DUCKLAKE_CATALOG='{server.dsn()}'")

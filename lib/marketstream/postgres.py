@@ -6,7 +6,8 @@ and port), shares one server between processes through a reference count on
 disk, and stops it from ``atexit``, which a ``kill -9`` skips. Here a server is
 run like the kit's Kafka broker: its own data dir, a free or given port on
 127.0.0.1, a clean stop, nothing left running, and a parent-death signal so it
-dies with the process that started it. Only pgserver's *binaries* are used
+dies with the process that started it, unless it is to be kept (``keep``,
+``marketstream postgres up``: below). Only pgserver's *binaries* are used
 (PostgreSQL 16.2 under ``pgserver/pginstall/bin``, from PyPI, so ``make setup``
 brings them to a fresh machine without apt), found without importing pgserver;
 ``bin_dir`` takes any other build (Debian's ``/usr/lib/postgresql/15/bin``).
@@ -45,10 +46,42 @@ Choices, each against PostgreSQL's default:
 
 Root: PostgreSQL refuses to run as root, and this machine and CI run as root.
 Then initdb and postgres run as ``nobody`` (or the user ``MARKET_PG_RUN_AS``
-names) with that user's group and no supplementary groups; the data dir is
-handed to that user, and the folders above it and the binaries must be
-enterable by it, which is checked first, naming the folder (pytest's
-``/tmp/pytest-of-root`` is 0700, for one).
+names) with that user's group and no supplementary groups, and the data dir is
+handed to that user. That user must reach the programs and the data dir, and a
+checkout under ``/root`` or made by ``mktemp -d`` lies in a 0700 folder it cannot
+enter, with its venv (pgserver's programs) and ``.cache/postgres``. What it cannot
+reach is put where it can, asking nothing of the user, in root's *shared home*
+``/var/lib/marketstream/postgres`` (root's, 0755; the temporary folder if
+``/var/lib`` is read-only; refused if it is a symlink or others may write there,
+since root runs programs from it):
+
+* ``programs/<key>``: a copy of the install's programs, ``lib`` and ``share`` (and
+  ``pgserver.libs``, keeping the wheel's layout, which the programs' RPATH needs):
+  19 MB in 741 files (pgserver 0.1.4; its headers and static libraries are left
+  out), made once per install, by one process at a time, every file compared with
+  its source byte for byte: 0.2 to 1.4 s here (median 0.8 s of 5 fresh installs,
+  the disk shared with other work). The key hashes the install's list of files
+  with sizes and mtimes (:func:`_manifest`, 4 ms); every start as root lists the
+  install and the copy again (9 ms in all) so that a reinstalled pgserver, or a
+  copy a temp cleaner thinned, is copied anew. Only root's starts from a folder the
+  user cannot enter pay any of this.
+* ``data/<key>/cluster``: a data dir that is new (or an empty folder) where that
+  user cannot reach it is made here, and its path becomes a symlink to it: the user
+  and the kit still name it by that path (``.cache/postgres``; status, stop and
+  the lake follow the link). ``/var/lib``, not the temporary folder: the catalog
+  must outlive a reboot, as the lake's Parquet files do. A folder that already
+  holds data is not moved: the error names the folder to open or the user to use.
+
+Deleting the link deletes the data: ``make clean`` stops the server and removes
+``.cache/postgres`` (the link), and the next start or stop as root deletes the slot
+no link names (:func:`prune_shared`), as it does a copy of programs whose install
+is gone or changed; never one a server runs from. Rejected: ``chmod o+x`` on the
+user's folders (a change to their security, and setup asked of them); giving the
+server CAP_DAC_READ_SEARCH (Docker does not grant it) or CAP_DAC_OVERRIDE (any
+local client, logging in by trust, could then write any file as the server);
+hardlinks instead of copies (one file system only, and they share the venv's
+inodes: its owner and modes, 0700 under a umask of 077); a data dir only
+``chdir``-ed into as root (postgres checks it by its absolute path).
 
 Stopping is SIGINT, PostgreSQL's "fast" shutdown (sessions rolled back, a
 checkpoint, exit), then SIGKILL of the postmaster and its backends after
@@ -56,6 +89,15 @@ checkpoint, exit), then SIGKILL of the postmaster and its backends after
 a DuckDB session in another process may never do; the parent-death signal is
 SIGINT for the same reason. Linux sends it when the *thread* that started the
 server ends: start it from the main thread, not from a worker.
+
+A kept server (``start_postgres(keep=True)``, what ``marketstream postgres up``
+must ask for) gets no parent-death signal: the command that starts it ends right
+after, and the signal made the server shut down as that command exited (the bug:
+``up`` printed a DSN for a server already gone). Its own session keeps Ctrl-C and
+a closed terminal's SIGHUP from it, so, like ``broker up``'s JVM, it runs until
+:func:`stop_postgres` (``marketstream postgres down``, ``make clean``). A server
+already running is returned as it is: one that another command started without
+``keep`` still ends with that command.
 
 Measured on this machine (2 shared cores, pgserver's 16.2 run as ``nobody``,
 medians of 5 runs; the disk's sync speed varied between rounds): initdb 0.72 to
@@ -70,12 +112,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
+import hashlib
 import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,6 +153,27 @@ DEFAULT_RUN_AS = "nobody"
 
 #: The programs this module runs: a folder without them is not a PostgreSQL install.
 PROGRAMS = ("initdb", "postgres", "psql", "pg_isready")
+
+#: Run as root, where the kit keeps what the run-as user must reach but cannot where it is
+#: (a checkout or venv in a folder that user cannot enter): the first of these root can make.
+#: Each is (an existing system folder, the folders made below it, root's and 0755). A moved
+#: data dir must survive a reboot, so ``/var/lib`` comes first; the temporary folder is for a
+#: read-only ``/var/lib``.
+SHARED_PLACES: tuple[tuple[Path, tuple[str, ...]], ...] = (
+    (Path("/var/lib"), ("marketstream", "postgres")),
+    (Path(tempfile.gettempdir()), ("marketstream-postgres",)),
+)
+#: In a shared home: copies of the programs (``<key>/``) and moved data dirs (``<key>/``).
+PROGRAMS_FOLDER = "programs"
+DATA_FOLDER = "data"
+#: In a copy of the programs: the bin folder it was copied from (to tell when it is stale).
+SOURCE_NAME = ".source"
+#: In a moved data dir's slot: the path that links to it, and the data dir itself.
+ORIGIN_NAME = "origin"
+CLUSTER_DIR = "cluster"
+#: pgserver's wheel keeps libpq beside the package: its programs' RPATH is
+#: ``$ORIGIN/../../../pgserver.libs``, so a copy keeps that layout.
+WHEEL_LIBS = "pgserver.libs"
 INSTALL_HINT = "pip install -e '.[lake]' (or make setup) installs them with the pgserver package"
 
 LOG_NAME = "server.log"
@@ -249,8 +317,9 @@ def _check_access(user: RunAs, bins: Path, data_dir: Path) -> None:
     if folder is not None:
         raise StoreUnavailable(
             f"PostgreSQL runs as {user.name} (the kit runs as root) and {user.name} cannot "
-            f"enter {folder}, which holds the data dir {data_dir}; put the data dir where "
-            f"{user.name} can reach it, chmod o+x {folder}, {fix}"
+            f"enter {folder}, which holds the data dir {data_dir} (one that holds data is "
+            f"not moved); move it where {user.name} can reach it and link to it there, "
+            f"chmod o+x {folder}, {fix}"
         )
     folder = blocked_folder(bins, user.uid, user.gid)
     if folder is not None:
@@ -271,6 +340,333 @@ def _as(user: RunAs | None) -> dict[str, object]:
     if user is None:
         return {}
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
+# --------------------------------------------------------------------------- root's shared home
+
+
+def _root_folder(path: Path) -> Path:
+    """``path`` as a folder of root's that anyone may enter and read (0755), made if missing.
+
+    Refuses a symlink, a folder of another user's or one others may write to: root
+    runs programs copied here (psql, pg_isready), so nobody else may put anything
+    in it. The mode is set, not left to the umask (root's is often 077).
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o755)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise StoreUnavailable(
+            f"{path} is not a folder only root can change (a symlink, another user's, or "
+            f"writable by others), so the kit will not keep PostgreSQL's programs or data "
+            f"there; delete it and try again"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o755:
+        path.chmod(0o755)
+    return path
+
+
+def _shared_home() -> Path:
+    """Root's folder for what the run-as user must reach (``SHARED_PLACES``), made if missing."""
+    failures = []
+    for base, names in SHARED_PLACES:
+        if not base.is_dir():
+            continue
+        folder = base
+        try:
+            for name in names:
+                folder = _root_folder(folder / name)
+        except OSError as exc:  # a read-only /var/lib: the next place
+            failures.append(f"{folder}: {exc.strerror or exc}")
+            continue
+        return folder
+    raise StoreUnavailable(
+        f"nowhere to keep PostgreSQL's programs or data where its user can reach them "
+        f"({'; '.join(failures) or 'no such folder'}); set {RUN_AS_VARIABLE} to a user who "
+        f"can enter the checkout"
+    )
+
+
+def _shared_homes() -> list[Path]:
+    """The shared homes that exist (none is made)."""
+    homes = []
+    for base, names in SHARED_PLACES:
+        folder = base.joinpath(*names)
+        if folder.is_dir() and not folder.is_symlink():
+            homes.append(folder)
+    return homes
+
+
+# --------------------------------------------------------------------------- a copy of the programs
+
+
+def _install_parts(bins: Path) -> tuple[Path, list[Path]]:
+    """The folder a copy of the install mirrors, and what of it the server needs (relative):
+    the programs, the install's ``lib`` (modules such as plpgsql, libpq) and ``share``
+    (initdb's catalog, time zones), and pgserver's ``pgserver.libs`` (libpq, found through
+    the programs' RPATH ``$ORIGIN/../../../pgserver.libs``). PostgreSQL finds ``lib`` and
+    ``share`` relative to its program, so the copy runs wherever it is."""
+    prefix = bins.parent
+    wheel = prefix.parent.parent
+    anchor = wheel if (wheel / WHEEL_LIBS).is_dir() else prefix
+    parts = [bins / name for name in PROGRAMS] + [prefix / "lib", prefix / "share"]
+    if anchor == wheel:
+        parts.append(wheel / WHEEL_LIBS)
+    return anchor, [part.relative_to(anchor) for part in parts]
+
+
+def _manifest(anchor: Path, parts: Sequence[Path]) -> str:
+    """One line per file of ``parts`` under anchor: its path, size, mtime and whether it is
+    executable, or, for a symlink to a sibling (``libpq.so`` -> ``libpq.so.5.16``), its
+    target. Static libraries (``.a``) serve builds only and are left out. A copy whose list
+    equals its install's is that install; a reinstalled or upgraded one lists other mtimes.
+    (``os.scandir``: one stat per file, 4 ms here for pgserver's 741.)"""
+    lines: list[str] = []
+
+    def add(path: str, relative: str, entry: os.DirEntry[str] | None) -> None:
+        if entry is not None and entry.is_symlink() and "/" not in (target := os.readlink(path)):
+            lines.append(f"{relative}\t->\t{target}")
+            return
+        if relative.endswith(".a"):
+            return
+        try:
+            info = entry.stat() if entry is not None else os.stat(path)
+        except FileNotFoundError:  # a dangling link
+            return
+        executable = "x" if info.st_mode & 0o111 else "-"
+        lines.append(f"{relative}\t{info.st_size}\t{info.st_mtime_ns}\t{executable}")
+
+    def walk(folder: str, relative: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, f"{relative}/{entry.name}")
+            elif not entry.is_dir():  # a symlink to a folder is left out, as by os.walk
+                add(entry.path, f"{relative}/{entry.name}", entry)
+
+    for part in parts:
+        top = anchor / part
+        if top.is_file():
+            add(str(top), str(part), None)  # a program: its file, even through a link
+        else:
+            walk(str(top), str(part))
+    return "".join(line + "\n" for line in lines)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _copy_install(anchor: Path, manifest: str, into: Path) -> None:
+    """Copy what ``manifest`` lists from anchor into ``into``: folders 0755, files 0755 or
+    0644 (root's, whatever the venv's umask was), mtimes kept (the manifest compares them),
+    each file compared with its source byte for byte."""
+    for line in manifest.splitlines():
+        relative, *fields = line.split("\t")
+        source, target = anchor / relative, into / relative
+        for folder in reversed(target.relative_to(into).parents[:-1]):
+            with contextlib.suppress(FileExistsError):
+                (into / folder).mkdir(mode=0o755)
+            (into / folder).chmod(0o755)
+        if fields[0] == "->":
+            os.symlink(fields[1], target)
+            continue
+        shutil.copy2(source, target)
+        target.chmod(0o755 if fields[2] == "x" else 0o644)
+        if not filecmp.cmp(source, target, shallow=False):
+            raise StoreUnavailable(f"copying {source} to {target} gave a different file")
+
+
+def _discard(folder: Path) -> None:
+    """Delete a folder, renaming it first so that no half-deleted one is ever seen."""
+    trash = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _runs_from(folder: Path) -> bool:
+    """Does a process run a program inside folder?"""
+    inside = f"{folder}/"
+    for proc in psutil.process_iter(["exe"]):
+        if (proc.info.get("exe") or "").startswith(inside):
+            return True
+    return False
+
+
+def _prune_programs(programs: Path) -> list[Path]:
+    """Delete (with the folder locked) copies whose install is gone or changed, and no
+    process runs from, and copies left half done."""
+    removed = []
+    for copy in sorted(programs.iterdir()):
+        if copy.name.startswith("."):  # a copy or a deletion cut short; the lock is ours
+            shutil.rmtree(copy, ignore_errors=True)
+            removed.append(copy)
+            continue
+        try:
+            bins = Path((copy / SOURCE_NAME).read_text(encoding="utf-8").strip())
+        except OSError:
+            bins = None
+        installed = bins is not None and all((bins / name).is_file() for name in PROGRAMS)
+        if installed and _key(_manifest(*_install_parts(bins))) == copy.name:
+            continue
+        if not _runs_from(copy):
+            _discard(copy)
+            removed.append(copy)
+    return removed
+
+
+def stage_programs(bins: Path, say: Callable[[str], None] | None = None) -> Path:
+    """A copy of the install of ``bins`` that any user can run; its bin folder.
+
+    For the kit run as root when the run-as user cannot reach ``bins`` (a venv in a
+    0700 folder). The copy is kept in the shared home's ``programs/<key>``, the key
+    being the hash of :func:`_manifest`: made once per install (by one process at a
+    time), checked against the install's list on every use, replaced when it no longer
+    matches, and deleted by :func:`prune_shared` once its install is gone or changed.
+    """
+    bins = Path(bins).absolute()
+    anchor, parts = _install_parts(bins)
+    manifest = _manifest(anchor, parts)
+    programs = _root_folder(_shared_home() / PROGRAMS_FOLDER)
+    copy = programs / _key(manifest)
+    copied_bins = copy / bins.relative_to(anchor)
+    if copy.is_dir() and _manifest(copy, parts) == manifest:
+        return copied_bins
+    with _locked(programs):
+        if copy.is_dir() and _manifest(copy, parts) == manifest:
+            return copied_bins  # made by another process meanwhile
+        (say or log.info)(f"copying PostgreSQL's programs to {copy} (once per install)")
+        work = programs / f".{copy.name}.{os.getpid()}.new"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.mkdir(mode=0o755)
+            work.chmod(0o755)
+            _copy_install(anchor, manifest, work)
+            (work / SOURCE_NAME).write_text(f"{bins}\n", encoding="utf-8")
+            if copy.exists():  # damaged (a file deleted by a temp cleaner): replaced
+                _discard(copy)
+            os.rename(work, copy)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _prune_programs(programs)
+    return copied_bins
+
+
+def _can_run(bins: Path, user: RunAs) -> bool:
+    """May user reach bins and run initdb and postgres there?"""
+    if blocked_folder(bins, user.uid, user.gid) is not None:
+        return False
+    return all(_permitted(bins / name, user.uid, user.gid, 1) for name in ("initdb", "postgres"))
+
+
+# --------------------------------------------------------------------------- a moved data dir
+
+
+def _slot_of(link: Path) -> Path:
+    """The data dir of the path ``link`` in the shared home: ``data/<key>/cluster``, the key
+    hashing the path (the shared home and its ``data`` are made if missing)."""
+    data = _root_folder(_shared_home() / DATA_FOLDER)
+    return data / _key(str(link)) / CLUSTER_DIR
+
+
+def _links_to(link: Path, cluster: Path) -> bool:
+    """Is link a symlink to cluster (which need not exist)?"""
+    return link.is_symlink() and os.path.realpath(link) == os.path.realpath(cluster)
+
+
+def _prune_data(data: Path) -> list[Path]:
+    """Delete (with the folder locked) slots whose link is gone and whose server is not
+    running: ``make clean`` deleted ``.cache/postgres``, or the checkout was deleted."""
+    removed = []
+    for slot in sorted(data.iterdir()):
+        cluster = slot / CLUSTER_DIR
+        if not slot.name.startswith("."):
+            try:
+                origin = Path((slot / ORIGIN_NAME).read_text(encoding="utf-8").strip())
+            except OSError:
+                origin = None
+            if origin is not None and _links_to(origin, cluster):
+                continue
+            if postgres_status(cluster) is not None or _postmasters_of(cluster.resolve()):
+                continue
+        _discard(slot)
+        removed.append(slot)
+    return removed
+
+
+def _move_data_dir(link: Path, user: RunAs, say: Callable[[str], None]) -> Path:
+    """Make ``link`` a symlink to a data dir in the shared home, where ``user`` can reach it;
+    return that data dir. A slot left by an earlier data dir of this name whose link was
+    deleted (``make clean``) is deleted first: deleting the link deleted that data."""
+    cluster = _slot_of(link)
+    slot = cluster.parent
+    with _locked(slot.parent):
+        if not _links_to(link, cluster):
+            _prune_data(slot.parent)
+            if link.is_symlink() or (link.exists() and _holds_data(link)):
+                return link.resolve()  # made meanwhile by someone else: used as it is
+        _root_folder(slot)
+        (slot / ORIGIN_NAME).write_text(f"{link}\n", encoding="utf-8")
+        cluster.mkdir(mode=0o700, exist_ok=True)  # initdb hands it to the run-as user
+        if not _links_to(link, cluster):
+            if link.is_dir():
+                link.rmdir()  # empty: _holds_data said so
+            link.parent.mkdir(parents=True, exist_ok=True)
+            new = link.with_name(f".{link.name}.{os.getpid()}.link")
+            new.unlink(missing_ok=True)
+            os.symlink(cluster, new)
+            os.replace(new, link)
+            say(
+                f"keeping the PostgreSQL data of {link} in {cluster} ({user.name}, who runs "
+                f"it, cannot enter {blocked_folder(link.parent, user.uid, user.gid)}); "
+                f"{link} links there"
+            )
+    return cluster
+
+
+def _holds_data(path: Path) -> bool:
+    """Is path something other than an empty folder?"""
+    return not path.is_dir() or any(path.iterdir())
+
+
+def _data_dir_for(data_dir: Path, user: RunAs, say: Callable[[str], None]) -> Path:
+    """Where the server of data_dir keeps its data when it runs as ``user``: data_dir itself
+    (symlinks resolved) if user can reach it; else a data dir in the shared home, data_dir
+    made a symlink to it (it is new or an empty folder, or already such a symlink). A
+    folder already holding data stays where it is (:func:`_check_access` names the fix)."""
+    absolute = Path(data_dir).absolute()
+    link = absolute.parent.resolve() / absolute.name
+    real = link.resolve()
+    if blocked_folder(real.parent, user.uid, user.gid) is None:
+        return real
+    if link.is_symlink():  # ours, its slot deleted (a wiped /var/lib): made again
+        return _move_data_dir(link, user, say) if _links_to(link, _slot_of(link)) else real
+    if link.exists() and _holds_data(link):
+        return real
+    return _move_data_dir(link, user, say)
+
+
+def prune_shared() -> list[Path]:
+    """Delete what the kit, run as root, keeps in its shared homes for what is gone: a moved
+    data dir whose link was deleted (``make clean``, a deleted checkout) and a copy of the
+    programs whose install was removed or changed; never one a server runs from.
+
+    Runs when a copy is made or a data dir is moved, and after every stop as root; tests
+    call it after deleting their folders. Returns what it deleted.
+    """
+    if os.geteuid() != 0:
+        return []
+    removed = []
+    for home in _shared_homes():
+        for name, prune in ((DATA_FOLDER, _prune_data), (PROGRAMS_FOLDER, _prune_programs)):
+            folder = home / name
+            if folder.is_dir() and not folder.is_symlink():
+                with _locked(folder):
+                    removed += prune(folder)
+    return removed
 
 
 # --------------------------------------------------------------------------- the server
@@ -584,8 +980,11 @@ def _launch(
     bins: Path,
     user: RunAs | None,
     say: Callable[[str], None],
+    keep: bool = False,
 ) -> PostgresServer:
-    """initdb if needed, start postgres as our child, wait until it accepts connections."""
+    """initdb if needed, start postgres as our child, wait until it accepts connections.
+
+    ``keep``: no parent-death signal, so the server outlives this process."""
     if not is_local_address(host):
         raise StoreUnavailable(
             f"cannot start PostgreSQL on {host}: it is not an address of this machine; "
@@ -620,7 +1019,9 @@ def _launch(
         user=user.uid if user is not None else None,
         group=user.gid if user is not None else None,
         append=True,
-        death_signal=signal.SIGINT,  # fast shutdown: SIGTERM would wait for every client
+        # SIGINT: a fast shutdown (SIGTERM would wait for every client) when this process
+        # ends. 0 asks for no signal (prctl clears the request): a kept server outlives us.
+        death_signal=0 if keep else signal.SIGINT,
     )
     pid = child.proc.pid
     _CHILDREN[pid] = child
@@ -637,7 +1038,8 @@ def _launch(
             f"PostgreSQL exited with code {child.proc.returncode} during start-up: "
             f"{_log_excerpt(log_path, since)}; full log: {log_path}"
         )
-    say(f"PostgreSQL is up at {host}:{port} (pid {pid}, log {log_path})")
+    until = "until `marketstream postgres down`" if keep else "until this process ends"
+    say(f"PostgreSQL is up at {host}:{port} (pid {pid}, log {log_path}), {until}")
     return server
 
 
@@ -649,14 +1051,21 @@ def start_postgres(
     bin_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
     database: str = DEFAULT_DATABASE,
+    keep: bool = False,
 ) -> PostgresServer:
     """Start the server of data_dir on host:port and wait until it accepts connections.
 
     The first start runs initdb (``INITDB_ARGS``: trust auth, UTF8, superuser
     ``DEFAULT_USER``). postgres listens on ``host`` only, on ``port`` (None: a free
     one), with its unix socket and log inside data_dir, and is our child: it dies
-    with this process (SIGINT) unless :func:`stop_postgres` stops it first.
-    ``database`` is created if missing.
+    with this process (SIGINT) unless :func:`stop_postgres` stops it first, or
+    ``keep`` is true (``marketstream postgres up``): then it outlives this process,
+    until :func:`stop_postgres`. ``database`` is created if missing.
+
+    Run as root, the server runs as another user (:func:`run_as`); what that user
+    cannot reach is made reachable: the programs are copied (:func:`stage_programs`)
+    and a new data dir is kept in root's shared home, ``data_dir`` a symlink to it
+    (the module docstring says why and what it costs).
 
     If a server of this data dir already runs (its ``postmaster.pid`` names a live
     postmaster, started by any process), it is returned once it accepts
@@ -667,16 +1076,21 @@ def start_postgres(
     exits or does not answer in time (quoting its log).
     """
     speak = say or (lambda _line: None)
-    data_dir = Path(data_dir).resolve()
     bins = postgres_binaries(bin_dir)
     user = run_as()
+    if user is None:
+        data_dir = Path(data_dir).resolve()
+    else:
+        if not _can_run(bins, user):
+            bins = stage_programs(bins, speak)
+        data_dir = _data_dir_for(Path(data_dir), user, speak)
     data_dir.mkdir(parents=True, exist_ok=True)
     if user is not None:
         _check_access(user, bins, data_dir)
     with _locked(data_dir):
         server = _running(data_dir, host, port, bins)
         if server is None:
-            server = _launch(data_dir, port, host, bins, user, speak)
+            server = _launch(data_dir, port, host, bins, user, speak, keep)
         _create_database(server, bins, database)
         return server
 
@@ -752,7 +1166,9 @@ def stop_postgres(data_dir: Path, timeout_s: float = 20.0) -> bool:
     ``timeout_s``, then kill the process tree if it is still there.
 
     Also stops a postmaster of data_dir whose ``postmaster.pid`` was lost (found by
-    ``-D <data_dir>`` in its command line). True if a server was stopped.
+    ``-D <data_dir>`` in its command line). True if a server was stopped. Run as
+    root, it then deletes what the shared homes keep for what is gone
+    (:func:`prune_shared`).
     """
     data_dir = Path(data_dir).resolve()
     pids = set(_postmasters_of(data_dir))
@@ -761,6 +1177,10 @@ def stop_postgres(data_dir: Path, timeout_s: float = 20.0) -> bool:
         pids.add(server.pid)
     for pid in sorted(pids):
         _stop_pid(pid, timeout_s)
+    try:
+        prune_shared()
+    except (OSError, StoreUnavailable) as exc:  # housekeeping: never fails a stop
+        log.warning("could not tidy PostgreSQL's shared folders: %s", exc)
     return bool(pids)
 
 

@@ -2,12 +2,17 @@
 binaries): it serves SQL and has the kit's database, a second start returns the
 running server (from this process or another), a stop leaves no process, a stale
 ``postmaster.pid`` does not block a start, a taken port is named, the context
-manager always stops, and the server dies with the process that started it.
+manager always stops, the server dies with the process that started it, and, run as
+root, it starts wherever its programs and data dir are (``test_postgres_up.py``: a
+kept server outlives the command that started it).
 
 Each test's data dir is in a folder of its own under the system's temporary folder,
-not under ``tmp_path``: when the tests run as root the server runs as ``nobody``,
-who cannot enter pytest's ``/tmp/pytest-of-root`` (0700, kept so by pytest). Every
-test stops what it started; the fixture stops whatever is left and deletes the folder.
+made enterable by all: when the tests run as root the server runs as ``nobody``, and
+these tests are about the server, not about where it is kept. The tests marked
+``AS_ROOT`` are: a data dir or programs under pytest's ``/tmp/pytest-of-root`` (0700,
+kept so by pytest) are put where ``nobody`` can reach them, in root's shared home, and
+deleted from there once their folder is gone. Every test stops what it started; the
+fixture stops whatever is left and deletes the folder.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from marketstream.postgres import (
     blocked_folder,
     postgres_binaries,
     postgres_status,
+    prune_shared,
     run_as,
     start_postgres,
     stop_postgres,
@@ -234,15 +240,82 @@ def test_the_server_dies_with_the_process_that_started_it(data_dir: Path) -> Non
             parent.stdout.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
-def test_a_folder_the_server_user_cannot_enter_is_named(tmp_path: Path) -> None:
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+
+
+@AS_ROOT
+def test_a_new_data_dir_the_server_user_cannot_reach_is_kept_where_it_can(tmp_path: Path) -> None:
+    """pytest's folder is 0700 (a checkout under /root, too): the data dir is made in root's
+    shared home and its path links there; deleting the link deletes the data (make clean)."""
+    user = run_as()
+    assert user is not None
+    assert blocked_folder(tmp_path, user.uid, user.gid) is not None
+    link = tmp_path / "pg"
+    said: list[str] = []
+    server = start_postgres(link, say=said.append)
+    assert link.is_symlink() and link.resolve() == server.data_dir
+    assert blocked_folder(server.data_dir, user.uid, user.gid) is None
+    assert server.data_dir.stat().st_uid == user.uid
+    assert any(f"keeping the PostgreSQL data of {link}" in line for line in said), said
+    psql(server, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+    assert postgres_status(link) == server
+    assert stop_postgres(link)
+    again = start_postgres(link)  # the link is followed: same data, nothing moved again
+    assert again.data_dir == server.data_dir and psql(again, "SELECT n FROM kept") == "7"
+    assert stop_postgres(link)
+    slot = server.data_dir.parent
+    assert slot not in prune_shared()  # its link still names it
+    link.unlink()
+    assert slot in prune_shared() and not slot.exists()
+
+
+@AS_ROOT
+def test_a_folder_holding_data_the_server_user_cannot_enter_is_named(tmp_path: Path) -> None:
+    """Data already there is not moved behind the user's back: the error says what to do."""
     user = run_as()
     assert user is not None
     blocked = blocked_folder(tmp_path, user.uid, user.gid)
     assert blocked is not None  # pytest's base folder is 0700
+    (tmp_path / "pg").mkdir()
+    (tmp_path / "pg" / "PG_VERSION").write_text("16\n")
     with pytest.raises(StoreUnavailable) as caught:
         start_postgres(tmp_path / "pg")
     message = str(caught.value)
     assert f"{user.name} cannot enter {blocked}" in message
     assert postgres.RUN_AS_VARIABLE in message
+    assert not (tmp_path / "pg").is_symlink()
     assert not running_with(tmp_path)
+
+
+@AS_ROOT
+def test_programs_the_server_user_cannot_reach_are_copied_once(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """An install in a 0700 folder (a venv in a checkout under /root) is copied to root's
+    shared home, once; the copy goes when the install does (and no server runs from it)."""
+    assert BINARIES is not None
+    wheel = BINARIES.parents[2]  # site-packages: pgserver/ and pgserver.libs/
+    site = tmp_path / "site"
+    for name in ("pgserver", postgres.WHEEL_LIBS):
+        # shutil.copy, not copy2: new mtimes make an install of its own, with its own copy
+        shutil.copytree(wheel / name, site / name, copy_function=shutil.copy)
+    bins = site / "pgserver" / "pginstall" / "bin"
+    user = run_as()
+    assert user is not None and blocked_folder(bins, user.uid, user.gid) is not None
+    said: list[str] = []
+    server = start_postgres(data_dir, bin_dir=bins, say=said.append)
+    copied = [line for line in said if "copying PostgreSQL's programs" in line]
+    assert len(copied) == 1, said
+    postmaster = Path(psutil.Process(server.pid).exe())
+    copy = postmaster.parents[3]  # <copy>/pgserver/pginstall/bin/postgres
+    assert copy.parent.name == postgres.PROGRAMS_FOLDER and copy.stat().st_uid == 0
+    assert blocked_folder(postmaster, user.uid, user.gid) is None
+    assert psql(server, "SELECT 1") == "1"
+    assert copy not in prune_shared()  # its install is there and a server runs from it
+    assert stop_postgres(data_dir)
+    said.clear()
+    start_postgres(data_dir, bin_dir=bins, say=said.append)
+    assert not any("copying" in line for line in said), said  # the copy is reused
+    assert stop_postgres(data_dir)
+    shutil.rmtree(site)
+    assert copy in prune_shared() and not copy.exists()

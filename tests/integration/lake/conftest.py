@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from marketstream.postgres import PostgresServer, start_postgres, temporary_postgres
+from marketstream.postgres import (
+    PostgresServer,
+    prune_shared,
+    start_postgres,
+    temporary_postgres,
+)
 from marketstream.settings import Settings
 from marketstream.store import lake
 
@@ -19,16 +24,18 @@ from marketstream.store import lake
 def postgres() -> Iterator[PostgresServer]:
     """The kit's own PostgreSQL, started once for these tests and stopped after them.
 
-    Not under pytest's tmp folder: run as root, the kit runs PostgreSQL as ``nobody``,
-    who cannot enter ``/tmp/pytest-of-root`` (0700).
+    In a folder of its own (``mkdtemp``: 0700) deleted at the end, not in pytest's, which
+    pytest keeps. Run as root, the kit runs PostgreSQL as ``nobody``, who cannot enter
+    that folder: the data dir is then kept in root's shared home, as in a checkout under
+    ``/root``, and :func:`prune_shared` deletes it once the folder (its link) is gone.
     """
     folder = Path(tempfile.mkdtemp(prefix="marketstream-pg-"))
-    folder.chmod(0o711)
     try:
         with temporary_postgres(folder) as server:
             yield server
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        prune_shared()
 
 
 @pytest.fixture
