@@ -12,9 +12,16 @@ from typing import Any, ClassVar
 import pytest
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError, TopicAlreadyExistsError
 
-from marketstream.clients import KafkaClients
+from marketstream.clients import KafkaClients, SpreadPartitioner
 from marketstream.errors import ProduceError
-from marketstream.produce import delete_topic, ensure_topic, produce_csv, produce_ticks
+from marketstream.produce import (
+    csv_symbols,
+    delete_topic,
+    ensure_topic,
+    produce_csv,
+    produce_ticks,
+    spread_over,
+)
 from marketstream.settings import Settings
 from marketstream.ticks import CsvProblem, Tick, generate_ticks
 
@@ -159,3 +166,23 @@ def test_topic_is_created_once_with_the_configured_partitions(clients):
 def test_a_missing_csv_says_how_to_make_one(clients, tmp_path):
     with pytest.raises(ProduceError, match="marketstream generate"):
         produce_csv(tmp_path / "none.csv", SETTINGS, progress=False, clients=clients)
+
+
+def test_own_symbols_spread_over_the_partitions_in_name_order(tmp_path):
+    """Symbols not in MARKET_SYMBOLS fell back to murmur2: AAPL and MSFT both on
+    partition 0 of 3, so one worker did all the work."""
+    csv = tmp_path / "own.csv"
+    rows = [f"2025-01-01T00:00:0{i}Z,{s},1.5,1" for i, s in enumerate(["MSFT", "GOOG", "AAPL"])]
+    csv.write_text("timestamp,symbol,price,volume\n" + "\n".join(rows) + "\n")
+    assert sorted(csv_symbols(csv)) == ["AAPL", "GOOG", "MSFT"]
+    own = spread_over(Settings().with_(symbols="X"), csv_symbols(csv))
+    assert own.symbols == ("X", "AAPL", "GOOG", "MSFT")  # configured first, then by name
+    placed = SpreadPartitioner(own.symbols)
+    assert {s: placed.place(s.encode(), {0, 1, 2}) for s in ("AAPL", "GOOG", "MSFT")} == {
+        "AAPL": 1,
+        "GOOG": 2,
+        "MSFT": 0,
+    }
+    murmur = Settings().with_(partitioner="murmur2")
+    assert spread_over(murmur, ["AAPL"]) is murmur  # Kafka's default stays Kafka's
+    assert csv_symbols(tmp_path / "missing.csv") == []
