@@ -1,7 +1,8 @@
-"""``marketstream live`` end to end on a real broker: rows arrive at the configured rate,
-a CSV replayed with ``--pace`` is stored whole at its pace, one Ctrl-C stops every
-process it started, a server that cannot start stops the rest, and the API stays
-correct under a few thousand concurrent requests while the live consumer writes.
+"""``marketstream live`` end to end on a real broker: rows keep arriving, never faster than
+the configured rate, ``--duration`` ends it by itself, a CSV replayed with ``--pace`` is
+stored whole at its pace, one Ctrl-C stops every process it started, a server that cannot
+start stops the rest, and the API stays correct under a few thousand concurrent requests
+while the live consumer writes.
 
 Live mode runs as the real CLI in a subprocess (:mod:`support.live`): DuckDB forbids
 one process from holding a file read-write (the live consumer) and read-only (this
@@ -40,6 +41,13 @@ pytestmark = pytest.mark.usefixtures("no_stray_children")
 #: How long live mode may take to start its servers, or to show its first ticks, on a
 #: loaded machine (both normally take seconds; the wait ends as soon as they are there).
 START_S = 120
+#: Times the end-to-end test sees the row count grow before it stops live mode: a stream,
+#: not one batch (at 4 ticks/s per symbol that is a few seconds of ticks, however late).
+GROWTH_STEPS = 5
+#: How far a wall-clock time (a tick's stamp, a Kafka CreateTime in whole ms) may read
+#: before the monotonic-clock due time it follows: the ms truncation, plus the two clocks
+#: drifting apart by at most NTP's 500 ppm slew over a run of a few seconds.
+CLOCKS_DIFFER_S = 0.005
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,54 +58,87 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def test_live_mode_end_to_end(fresh):
-    """15 s of ``marketstream live``: rows grow while it runs, at the configured rate."""
-    duration = 15.0
-    with live_cli(fresh, "--no-api", "--no-voila", "--duration", str(duration)) as live:
+    """``marketstream live``: rows arrive and keep arriving while it runs, the symbols take
+    turns, no symbol goes faster than the configured rate, and one Ctrl-C ends it cleanly
+    with every stored tick counted in its run.
+
+    Every check is a condition, never a stopwatch: the test waits (up to ``START_S``, a
+    failure bound) until it has seen the row count grow ``GROWTH_STEPS`` times, however
+    long the start takes (a fresh broker creates ``__consumer_offsets`` before the first
+    fetch; a 15 s window once saw no row at all at a load average of 2). The rate is
+    checked as the producer's rule, which a slow machine can only fall behind: a symbol's
+    k-th tick is never due before k / rate seconds after the producer started, and the
+    producer starts after ``launched``. How close to the rate a loaded machine keeps is a
+    performance figure, not a test's (the bench's freshness phase runs the same producer).
+    """
+    launched = datetime.now(UTC).replace(tzinfo=None)  # before the producer's first due time
+    with live_cli(fresh, "--no-api", "--no-voila") as live:
         counts: list[int] = []
 
-        def sampled_until_it_ended() -> bool:
+        def grew_often_enough() -> bool:
             counts.append(store.tick_count(fresh.db_path))
-            return live.proc.poll() is not None
+            return len({c for c in counts if c > 0}) >= GROWTH_STEPS
 
         wait_until(
-            sampled_until_it_ended,
-            duration + START_S,
-            "live mode to end after its duration",
+            grew_often_enough,
+            START_S,
+            f"the row count to grow {GROWTH_STEPS} times while live",
             interval_s=0.5,
-            context=live.output,
+            died=live.gone,
+            context=lambda: f"row counts seen: {counts}\n{live.output()}",
         )
-        assert live.proc.wait() == 0, live.output()
-    assert not live.leftovers
-    growing = [c for c in counts if c > 0]
-    assert len(set(growing)) >= 5, f"row count did not grow while live: {counts}"
-    assert growing == sorted(growing)
+        live.proc.send_signal(signal.SIGINT)
+        assert live.proc.wait(timeout=60) == 0, live.output()
+    assert not live.leftovers, live.leftovers
+    assert counts == sorted(counts), f"the row count went down while live: {counts}"
+    assert "live stopped after" in live.output()
 
     ticks = store.ticks(fresh.db_path)
-    expected = duration * fresh.live_rate
-    for symbol, part in ticks.groupby("symbol"):
-        span = (part["event_time"].max() - part["event_time"].min()).total_seconds()
-        rate = (len(part) - 1) / span
-        print(f"{symbol}: {len(part)} ticks over {span:.2f}s = {rate:.2f}/s")
-        assert rate == pytest.approx(fresh.live_rate, rel=0.15)
-        assert len(part) == pytest.approx(expected, rel=0.25)
     assert set(ticks["symbol"]) == set(fresh.symbols)
+    parts = dict(tuple(ticks.groupby("symbol")))
+    for symbol, part in parts.items():
+        since_launch = (part["event_time"].max() - launched).total_seconds()
+        print(f"{symbol}: {len(part)} ticks, the last {since_launch:.2f}s after the launch")
+        # not faster than the rate: the last of n ticks was due (n - 1) / rate after the start
+        assert since_launch >= (len(part) - 1) / fresh.live_rate - CLOCKS_DIFFER_S, symbol
+    # the symbols take turns: up to the newest tick stored of every symbol (each partition
+    # is stored as a prefix of what was sent), no symbol is a whole round ahead of another
+    common = min(part["event_time"].max() for part in parts.values())
+    turns = ticks.loc[ticks["event_time"] <= common, "symbol"].value_counts()
+    assert turns.max() - turns.min() <= 1, turns.to_dict()
+
     latency = (ticks["received_at"] - ticks["event_time"]).dt.total_seconds()
     steady = latency[ticks["event_time"] > ticks["event_time"].min() + timedelta(seconds=3)]
     print(
         f"event -> consumer latency p50 {percentile(latency.tolist(), 50) * 1000:.1f} ms, "
         f"p99 {percentile(latency.tolist(), 99) * 1000:.1f} ms; after the first 3 s "
-        f"(consumer group joined) p99 {percentile(steady.tolist(), 99) * 1000:.1f} ms"
+        f"p99 {percentile(steady.tolist(), 99) * 1000:.1f} ms"
     )
     runs = store.pipeline_runs(fresh.db_path)
     assert runs.iloc[0]["mode"] == "live" and runs.iloc[0]["rows_inserted"] == len(ticks)
 
 
+def test_live_mode_ends_by_itself_after_its_duration(fresh):
+    """``--duration 1``: live mode stops on its own, cleanly, and says so. What it stored in
+    that second is not checked: that depends on how fast the machine starts it (the test
+    above checks the stream itself)."""
+    with live_cli(fresh, "--no-api", "--no-voila", "--duration", "1") as live:
+        wait_until(
+            lambda: live.proc.poll() is not None,
+            START_S,
+            "live mode to end after its duration",
+            context=live.output,
+        )
+        assert live.proc.returncode == 0, live.output()
+    assert not live.leftovers, live.leftovers
+    out = live.output()
+    assert "  for 1s" in out and "live stopped after" in out, out
+    (run,) = store.pipeline_runs(fresh.db_path).itertuples()
+    assert (run.mode, run.rows_inserted) == ("live", store.tick_count(fresh.db_path))
+
+
 #: ``live --csv --pace`` speed: the demo CSV's 49 s of event time in about 2 s.
 REPLAY_SPEED = 25.0
-#: How far a Kafka CreateTime (whole ms, from the wall clock) may read before the due time
-#: the replay stamped from the monotonic clock: the ms truncation, plus the two clocks
-#: drifting apart by at most NTP's 500 ppm slew over a replay of a few seconds.
-CLOCKS_DIFFER_S = 0.005
 
 
 def topic_records(settings: Settings, count: int) -> list[Any]:

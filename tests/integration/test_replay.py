@@ -15,6 +15,8 @@ from marketstream.settings import Settings
 from marketstream.ticks import generate_ticks, write_csv
 
 SPEED = 50.0
+#: ``produce`` prints its time with two decimals ("in 0.38s"): at most this much below it.
+PRINTED_ROUNDING_S = 0.005
 
 
 def test_a_paced_replay_delivers_every_good_tick_and_names_the_bad_rows(fresh: Settings):
@@ -52,9 +54,14 @@ def test_a_paced_replay_delivers_every_good_tick_and_names_the_bad_rows(fresh: S
     for line in (12, 24, 36):
         assert f"line {line}: " in result.stderr
     assert "not-a-price" in result.stderr and "yesterday" in result.stderr
+    # Paced, not all at once, as a rule rather than a stopwatch: the produce clock starts
+    # before the first tick anchors the schedule, and the last tick is never sent before
+    # span / SPEED after that, so the time printed is at least that however slow the
+    # machine (sent at once, 60 ticks take a few ms). How much longer a loaded machine
+    # takes is not a property of the replay, so it has no upper bound here.
     elapsed = float(re.search(r"in ([\d.]+)s", result.stdout).group(1))
     span = (ticks[-1].timestamp - ticks[0].timestamp).total_seconds()
-    assert span / SPEED * 0.9 <= elapsed < span / SPEED + 10  # paced, not all at once
+    assert elapsed >= span / SPEED - PRINTED_ROUNDING_S, result.stdout
 
     run = consume(fresh, progress=False, idle_timeout_s=5)
     assert run.rows_inserted == 60 and run.errors == 0
@@ -63,6 +70,10 @@ def test_a_paced_replay_delivers_every_good_tick_and_names_the_bad_rows(fresh: S
         (r.symbol, r.event_time.to_pydatetime().replace(tzinfo=UTC)) for r in stored.itertuples()
     }
     assert got == {(t.symbol, t.timestamp) for t in ticks}
+    # sent in file order: within each partition, the offsets follow the file's event times
+    for partition, part in stored.groupby("partition"):
+        by_offset = part.sort_values("offset")["event_time"].tolist()
+        assert by_offset == sorted(by_offset), partition
     assert max(t.timestamp for t in ticks) - min(t.timestamp for t in ticks) == timedelta(
         seconds=19
     )

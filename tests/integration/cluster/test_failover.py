@@ -5,9 +5,12 @@ A topic with replication factor 3 and ``min.insync.replicas=2``; a producer thre
 at a steady rate and records when each one is acknowledged; the real consumer
 (``marketstream consume`` as a child process) writes them into DuckDB and is
 restarted whenever it exits, as a supervisor would. Then one node is SIGKILLed
-(first a plain broker, then the active controller), left down for a while and
-restarted; each time the test waits for every partition to be fully in sync again
-before the next kill. At the end DuckDB holds every acknowledged tick exactly once
+(first a plain broker, then the active controller) and left down until the cluster
+has fenced it out of every ISR and every partition is acknowledged again without it,
+then restarted; each time the test waits for every partition to be fully in sync
+again before the next kill. Those are conditions, each with a generous failure
+bound: how long the stall lasts depends on the machine's load and is printed, never
+asserted. At the end DuckDB holds every acknowledged tick exactly once
 (row count, distinct (symbol, event time), distinct (partition, offset)).
 
 The stalls (printed with ``-s``): the longest time without an acknowledgement on
@@ -56,9 +59,11 @@ from support.stored import store_counts, store_difference
 SYMBOLS = tuple(f"IDX{i:02d}" for i in range(12))
 #: Ticks per second the producer offers; modest, so that 2 cores also carry 3 JVMs.
 RATE = 1_000
-#: How long a killed node stays down before it is restarted (longer than any stall).
-DOWN_S = 10.0
-#: Stalls are looked for in this long a window after each kill.
+#: A failure bound, not a measurement: how long the cluster may take to fence a killed node
+#: out of every ISR, and then to acknowledge every partition again without it (measured:
+#: 3.0-7.2 s at a load average of 2-9; a partition that lost its availability never does).
+FAILOVER_S = 120.0
+#: Stalls are looked for (and printed) in this long a window after each kill.
 WINDOW_S = 30.0
 
 
@@ -231,6 +236,33 @@ def in_sync(settings: Settings, topics: list[str]) -> bool:
         admin.close()
 
 
+def out_of_every_isr(settings: Settings, topic: str, node_id: int) -> bool:
+    """No partition of ``topic`` counts ``node_id`` in its ISR any more: the controller has
+    fenced the node, which is what lets ``acks=all`` through without it."""
+    try:
+        admin = DEFAULT_CLIENTS.admin(settings, request_timeout_ms=3000)
+    except (KafkaError, KafkaUnavailable):
+        return False
+    try:
+        described = admin.describe_topics([topic])
+        partitions = [p for t in described for p in t["partitions"]]
+        return bool(partitions) and all(node_id not in p["isr_nodes"] for p in partitions)
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def acked_since(producer: PacedProducer, since: float) -> set[int]:
+    """The partitions with an acknowledgement after ``since`` (monotonic)."""
+    found: set[int] = set()
+    for at, partition in reversed(producer.acks[:]):  # a copy: the producer appends meanwhile
+        if at <= since:
+            break
+        found.add(partition)
+    return found
+
+
 def end_offsets(settings: Settings) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
@@ -258,6 +290,7 @@ def test_a_broker_and_the_active_controller_killed_lose_and_duplicate_nothing(
     settings = on_cluster.with_(symbols=SYMBOLS, idle_timeout_s=20.0, batch_size=2000)
     assert ensure_topic(settings) is True
     assert in_sync(settings, [settings.topic])
+    every_partition = set(end_offsets(settings))
     ticks = generate_ticks(SYMBOLS, 20_000, seed=31)  # far more than the run sends
     producer = PacedProducer(settings, ticks, RATE)
     progress = Progress(settings)
@@ -287,7 +320,22 @@ def test_a_broker_and_the_active_controller_killed_lose_and_duplicate_nothing(
             victim = leader if kind == "active controller" else min({1, 2, 3} - {leader})
             killed_at = time.monotonic()
             kafka_cluster.kill(victim)
-            wait_for(lambda k=killed_at: time.monotonic() > k + DOWN_S, 60, "the pause", consumers)
+            # the stall ends, while the victim is still down: it is fenced out of every ISR,
+            # and from then on every partition is acknowledged again (by conditions: how long
+            # that takes is the printed stall, not a bound of this test)
+            wait_for(
+                lambda v=victim: out_of_every_isr(settings, settings.topic, v),
+                FAILOVER_S,
+                f"node {victim} fenced out of every ISR",
+                consumers,
+            )
+            fenced_at = time.monotonic()
+            wait_for(
+                lambda f=fenced_at: acked_since(producer, f) == every_partition,
+                FAILOVER_S,
+                f"acknowledgements on every partition without node {victim}",
+                consumers,
+            )
             during = kafka_cluster.status()  # the victim still down
             assert not during.all_up, during.describe()
             if kind == "active controller":  # a new leader of the quorum was elected
@@ -365,6 +413,3 @@ def test_a_broker_and_the_active_controller_killed_lose_and_duplicate_nothing(
     assert total_acked <= topic_messages <= total_acked + producer.resent
     assert store_counts(settings.db_path) == (total_acked, total_acked, total_acked)
     assert store_difference(settings.db_path, acked_ticks) == (0, 0)
-    for kill in kills:
-        # the stall is bounded: well inside the window (a lost partition would fill it)
-        assert float(kill["produce_stall_s"]) < WINDOW_S - 5, kills  # type: ignore[arg-type]
