@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -116,6 +117,7 @@ def test_voila_live_page_updates_in_place(fresh, browser):
             died=live.gone,
             context=live.output,
         )
+        requested = time.monotonic()
         browser.get(f"http://127.0.0.1:{settings.voila_port}/")
 
         def prices_with_data() -> list[dict] | None:
@@ -123,8 +125,10 @@ def test_voila_live_page_updates_in_place(fresh, browser):
             return prices if prices and all(t["n"] > 0 for t in prices) else None
 
         prices = wait_until(
-            prices_with_data, START_S, "the Voila page's price chart to show data", interval_s=0.5
+            prices_with_data, START_S, "the Voila page's price chart to show data", interval_s=0.1
         )
+        # printed, not asserted (a loaded machine is slower): the README quotes it
+        first_chart_s = time.monotonic() - requested
         assert [t["name"] for t in prices] == list(settings.symbols)
         marker = browser.execute_script("window.__sameDocument = 42; return window.__sameDocument")
 
@@ -160,7 +164,8 @@ def test_voila_live_page_updates_in_place(fresh, browser):
         assert shot.stat().st_size > 10_000
     assert not live.leftovers, f"still running after Ctrl-C: {live.leftovers}"
     print(
-        f"\nprice points per symbol: {[t['n'] for t in prices]} -> "
+        f"\nfirst chart {first_chart_s:.1f} s after the request; "
+        f"price points per symbol: {[t['n'] for t in prices]} -> "
         f"{[t['n'] for t in later]}; freshness samples {freshness['n']}; status: {status}; "
         f"screenshot {Path(shot)}"
     )
