@@ -130,16 +130,10 @@ from pathlib import Path
 
 import psutil
 
+from marketstream import servers
 from marketstream.errors import SettingsError, StoreUnavailable
-from marketstream.processes import (
-    Child,
-    can_bind,
-    free_port,
-    is_local_address,
-    parent_death_signal,
-    process_family,
-    start_child,
-)
+from marketstream.processes import parent_death_signal
+from marketstream.servers import ServerSpec, alive, claim_address, log_tail
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +203,22 @@ CREATE_DATABASE_SQL = (
 )
 DATABASE_EXISTS_SQL = "SELECT count(*) FROM pg_database WHERE datname = :'name';\n"
 
-#: Postmasters started by this Python process: only their ``Popen`` may reap them
-#: (waiting on a bare pid would leave a zombie, or reap a recycled pid later).
-_CHILDREN: dict[int, Child] = {}
+
+def _spec(data_dir: Path, grace_s: float = KILL_WAIT_S) -> ServerSpec:
+    """The server of data_dir for :mod:`marketstream.servers`' lifecycle: found by its
+    ``-D <data_dir>``, stopped by SIGINT (a fast shutdown, the module docstring says why),
+    its pid kept by PostgreSQL itself (``postmaster.pid``)."""
+    return ServerSpec(
+        name="PostgreSQL",
+        run_dir=data_dir,
+        marker=str(data_dir),
+        error=StoreUnavailable,
+        stop_signal=signal.SIGINT,
+        grace_s=grace_s,
+        log_name=LOG_NAME,
+        poll_s=POLL_S,
+        pid_name=None,
+    )
 
 
 # --------------------------------------------------------------------------- binaries
@@ -736,14 +743,6 @@ def read_postmaster_pid(data_dir: Path) -> Postmaster | None:
     return parse_postmaster_pid(text)
 
 
-def _alive(pid: int) -> bool:
-    """Does pid run (a zombie has ended: it only waits to be reaped)?"""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _is_postmaster(pid: int) -> bool:
     """Is pid a live postgres whose parent is not a postgres (a postmaster, not a backend)?
     Guards against a pid file outliving its server and the pid being given to another."""
@@ -767,18 +766,10 @@ def _host_of(info: Postmaster) -> str:
     return first or info.socket_dir  # no TCP at all: libpq takes the socket's folder
 
 
-def _reap() -> None:
-    """Forget (and reap) postmasters of ours that have exited."""
-    for pid, child in list(_CHILDREN.items()):
-        if child.proc.poll() is not None:
-            _CHILDREN.pop(pid, None)
-            child.close_log()
-
-
 def postgres_status(data_dir: Path) -> PostgresServer | None:
     """The running server of data_dir (from postmaster.pid; None if none runs)."""
     data_dir = Path(data_dir).resolve()
-    _reap()
+    servers.reap()
     info = read_postmaster_pid(data_dir)
     if info is None or not _is_postmaster(info.pid):
         return None
@@ -804,18 +795,6 @@ def _env() -> dict[str, str]:
     """This environment without libpq's ``PG*`` variables (PGHOST, PGPORT, PGDATA...),
     which would send the clients elsewhere or change what the server reads."""
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-
-
-def _log_excerpt(path: Path, since: int = 0, lines: int = 6) -> str:
-    """The last lines the server logged since offset ``since``, on one line."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(since if since <= path.stat().st_size else 0)
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(kept) or "(nothing logged)"
 
 
 @contextlib.contextmanager
@@ -911,7 +890,7 @@ def _wait_ready(
             raise StoreUnavailable(
                 f"PostgreSQL (pid {server.pid}) did not accept connections at {server.host}:"
                 f"{server.port} within {READY_TIMEOUT_S:g} s (last log lines: "
-                f"{_log_excerpt(server.log_path, since)}); full log: {server.log_path}"
+                f"{log_tail(server.log_path, since)}); full log: {server.log_path}"
             )
         time.sleep(POLL_S)
 
@@ -967,7 +946,7 @@ def _running(data_dir: Path, host: str, port: int | None, bins: Path) -> Postgre
             f"(pid {server.pid}), not at {host}:{port}; use that address, or stop it first"
         )
     assert server.pid is not None
-    child = _CHILDREN.get(server.pid)
+    child = servers.child_of(server.pid)
     if _wait_ready(server, bins, child.proc if child is not None else None):
         return server
     return None
@@ -985,18 +964,8 @@ def _launch(
     """initdb if needed, start postgres as our child, wait until it accepts connections.
 
     ``keep``: no parent-death signal, so the server outlives this process."""
-    if not is_local_address(host):
-        raise StoreUnavailable(
-            f"cannot start PostgreSQL on {host}: it is not an address of this machine; "
-            f"use 127.0.0.1"
-        )
-    if port is None:
-        port = free_port(host)
-    elif not can_bind(host, port):
-        raise StoreUnavailable(
-            f"port {port} on {host} is taken by another program, so PostgreSQL cannot listen "
-            f"there; stop that program, or give another port (None picks a free one)"
-        )
+    spec = _spec(data_dir)
+    port = claim_address(host, port, spec)
     if not (data_dir / "PG_VERSION").is_file():
         _initdb(bins, data_dir, user, say)
     elif user is not None and data_dir.stat().st_uid != user.uid:
@@ -1005,39 +974,33 @@ def _launch(
             f"{user.name} (uid {user.uid}); set {RUN_AS_VARIABLE} to its owner, or "
             f"chown -R {user.name} {data_dir}"
         )
+    trust_own_address(data_dir, host)
     log_path, since = _open_log(data_dir, user)
     cmd = [str(bins / "postgres"), "-D", str(data_dir)]
     for setting in server_settings(data_dir, host, port):
         cmd += ["-c", setting]
-    child = start_child(
-        "PostgreSQL",
+    # SIGINT when this process ends: a fast shutdown (SIGTERM would wait for every
+    # client); none for a kept server, which outlives us.
+    child = servers.start_server(
+        spec,
         cmd,
         _env(),
-        log_path,
-        f"postgresql://{host}:{port}",
+        keep=keep,
         cwd=data_dir,
         user=user.uid if user is not None else None,
         group=user.gid if user is not None else None,
-        append=True,
-        # SIGINT: a fast shutdown (SIGTERM would wait for every client) when this process
-        # ends. 0 asks for no signal (prctl clears the request): a kept server outlives us.
-        death_signal=0 if keep else signal.SIGINT,
     )
     pid = child.proc.pid
-    _CHILDREN[pid] = child
     server = PostgresServer(data_dir, host, port, pid)
-    try:
-        ready = _wait_ready(server, bins, child.proc, since)
-    except BaseException:  # KeyboardInterrupt too: never leave a half-started server
-        _stop_pid(pid, KILL_WAIT_S)
-        raise
-    if not ready:
-        _CHILDREN.pop(pid, None)
-        child.close_log()
-        raise StoreUnavailable(
-            f"PostgreSQL exited with code {child.proc.returncode} during start-up: "
-            f"{_log_excerpt(log_path, since)}; full log: {log_path}"
-        )
+    # stopped and named with its log's tail if it exits or hangs, or on Ctrl-C
+    servers.wait_ready(
+        spec,
+        pid,
+        lambda: _pg_isready(server, bins),
+        READY_TIMEOUT_S,
+        since=since,
+        where=f"{host}:{port}",
+    )
     until = "until `marketstream postgres down`" if keep else "until this process ends"
     say(f"PostgreSQL is up at {host}:{port} (pid {pid}, log {log_path}), {until}")
     return server
@@ -1095,60 +1058,28 @@ def start_postgres(
         return server
 
 
-# --------------------------------------------------------------------------- stop
+def trust_own_address(data_dir: Path, host: str) -> bool:
+    """Let the server's own host connect on a non-loopback address it listens on, as it
+    does on loopback: True if ``pg_hba.conf`` gained that line.
 
-
-def _wait_gone(pid: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> bool:
-    """Wait for pid to end (reaping it if it is our child); True if it has."""
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid):  # not psutil's wait: another process's zombie would hold it forever
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S)
+    initdb's ``pg_hba.conf`` trusts loopback only, so a server on a services host's
+    address (the hosts test: 10.213.47.1) refused even the kit's ``psql`` creating its
+    database, from that same host. A connection from the host's own address comes
+    from the host itself; any other machine still needs a line its operator writes.
+    """
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return False
+    hba = data_dir / "pg_hba.conf"
+    mask = "128" if ":" in host else "32"
+    line = f"host all all {host}/{mask} trust"
+    text = hba.read_text()
+    if line in text.splitlines():
+        return False
+    hba.write_text(f"{text.rstrip()}\n# the server's own address (marketstream)\n{line}\n")
     return True
 
 
-def _kill(procs: Sequence[psutil.Process]) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-
-
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    """Fast shutdown of one postmaster; SIGKILL for it and its backends after timeout_s."""
-    child = _CHILDREN.pop(pid, None)
-    proc = child.proc if child is not None else None
-    family = process_family(pid)  # listed first: once it exits, its backends are orphans
-    try:
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise StoreUnavailable(
-                f"cannot stop PostgreSQL (pid {pid}): it runs as another user; stop it as "
-                f"that user or as root"
-            ) from None
-        if not _wait_gone(pid, timeout_s, proc):
-            log.warning("PostgreSQL pid %s ignored fast shutdown for %g s: killed", pid, timeout_s)
-            _kill(family)
-            _wait_gone(pid, KILL_WAIT_S, proc)
-        rest = [p for p in family if p.pid != pid]
-        deadline = time.monotonic() + KILL_WAIT_S
-        while any(_alive(p.pid) and p.is_running() for p in rest):
-            if time.monotonic() > deadline:
-                _kill(rest)
-                break
-            time.sleep(POLL_S)
-    finally:
-        if child is not None:
-            child.close_log()
+# --------------------------------------------------------------------------- stop
 
 
 def _postmasters_of(data_dir: Path) -> list[int]:
@@ -1156,7 +1087,7 @@ def _postmasters_of(data_dir: Path) -> list[int]:
     pids = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if proc.info.get("name") == "postgres" and str(data_dir) in cmdline and _alive(proc.pid):
+        if proc.info.get("name") == "postgres" and str(data_dir) in cmdline and alive(proc.pid):
             pids.append(proc.pid)
     return pids
 
@@ -1175,8 +1106,8 @@ def stop_postgres(data_dir: Path, timeout_s: float = 20.0) -> bool:
     server = postgres_status(data_dir)
     if server is not None and server.pid is not None:
         pids.add(server.pid)
-    for pid in sorted(pids):
-        _stop_pid(pid, timeout_s)
+    for pid in sorted(pids):  # a fast shutdown, then SIGKILL for it and its backends
+        servers.stop_pid(pid, _spec(data_dir, timeout_s))
     try:
         prune_shared()
     except (OSError, StoreUnavailable) as exc:  # housekeeping: never fails a stop

@@ -109,6 +109,7 @@ DEFAULT_SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 #: Producer codecs kafka-python can write (and, with its optional libraries, read).
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 STORES = ("duckdb", "ducklake")
+S3_URL_STYLES = ("vhost", "path")
 PARTITIONERS = ("spread", "murmur2")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -153,6 +154,17 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option("ducklake_data", "MARKET_DUCKLAKE_DATA", "DuckLake's Parquet folder (or s3://...)"),
+    Option(
+        "s3_endpoint",
+        "MARKET_S3_ENDPOINT",
+        "S3 API host[:port] of an s3:// lake (empty: the kit's own object store)",
+    ),
+    Option("s3_region", "MARKET_S3_REGION", "the object store's region"),
+    Option("s3_key_id", "MARKET_S3_KEY_ID", "the object store's access key id", secret=True),
+    Option("s3_secret", "MARKET_S3_SECRET", "the object store's secret key", secret=True),
+    Option("s3_url_style", "MARKET_S3_URL_STYLE", "vhost (bucket.host) or path (host/bucket)"),
+    Option("s3_use_ssl", "MARKET_S3_USE_SSL", "HTTPS to the object store"),
+    Option("objectstore_home", "MARKET_OBJECTSTORE_HOME", "the kit's own object store's data"),
     Option("postgres_home", "MARKET_POSTGRES_HOME", "the kit's own PostgreSQL data"),
     Option("postgres_port", "MARKET_POSTGRES_PORT", "its port (0: a free one)"),
     Option("consumers", "MARKET_CONSUMERS", "consumer worker processes"),
@@ -185,6 +197,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
+
+#: Secret settings that are connection strings: only their password is masked, where they
+#: point is shown. Every other secret (a password, an object store's key) is masked whole.
+CONNECTION_STRINGS = frozenset({"ducklake_catalog"})
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,15 @@ class Settings:
     ducklake_catalog: str = ""
     #: text, not a Path: it may be an object-store URL (``s3://bucket/prefix/``)
     ducklake_data: str = "data/lake"
+    #: empty with an s3:// data path: the kit's own object store (:mod:`marketstream.objectstore`)
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_key_id: str = ""
+    s3_secret: str = ""
+    #: DuckDB's and AWS's default; the kit's own store is path-style (no DNS name per bucket)
+    s3_url_style: str = "vhost"
+    s3_use_ssl: bool = True
+    objectstore_home: Path = field(default_factory=lambda: home() / ".cache" / "objectstore")
     postgres_home: Path = field(default_factory=lambda: home() / ".cache" / "postgres")
     postgres_port: int = 0
     consumers: int = 1
@@ -304,7 +329,10 @@ class Settings:
         for option in OPTIONS:
             value = getattr(self, option.name) if option.secret else ""
             # a connection string's password is the secret, not where it points
-            found += [value] if mask(value) == MASK else passwords_in(value)
+            if option.name in CONNECTION_STRINGS and mask(value) != MASK:
+                found += passwords_in(value)
+            elif value:
+                found.append(value)
         return found
 
     @classmethod
@@ -380,6 +408,16 @@ class Settings:
             raise SettingsError(
                 f"MARKET_STORE={self.store!r}: use duckdb (one file, the default) or ducklake"
             )
+        if self.s3_url_style not in S3_URL_STYLES:
+            raise SettingsError(
+                f"MARKET_S3_URL_STYLE={self.s3_url_style!r}: use vhost (bucket.host, AWS's "
+                "default) or path (host/bucket)"
+            )
+        if bool(self.s3_key_id) != bool(self.s3_secret):
+            raise SettingsError(
+                "MARKET_S3_KEY_ID and MARKET_S3_SECRET go together (an access key and its "
+                "secret); set both or neither"
+            )
         if self.partitioner not in PARTITIONERS:
             raise SettingsError(
                 f"MARKET_PARTITIONER={self.partitioner!r}: use spread (the configured symbols "
@@ -432,6 +470,11 @@ class Settings:
         return raw if "://" in raw else str(_resolve(raw))
 
     @property
+    def lake_on_s3(self) -> bool:
+        """True when DuckLake's data path is an ``s3://`` URL (an object store)."""
+        return self.ducklake_data.strip().lower().startswith("s3://")
+
+    @property
     def secured(self) -> bool:
         """True if any security is configured (the kit then never starts a broker itself)."""
         return (
@@ -460,8 +503,13 @@ _FALSE = ("0", "false", "no", "off")
 
 
 def _shown(option: Option, value: object) -> object:
-    """A field's value as repr shows it: secrets masked."""
-    return mask(str(value)) if option.secret else value
+    """A field's value as repr shows it: secrets masked (a key with an ``=`` in it whole,
+    only a connection string's password)."""
+    if not option.secret:
+        return value
+    if option.name in CONNECTION_STRINGS:
+        return mask(str(value))
+    return MASK if value else ""
 
 
 def _text(value: object) -> str:

@@ -38,10 +38,20 @@ and stops a replay.
   another partitioner; README, "Scale-out").
 
 **Extensions** come from PyPI wheels (``duckdb-extension-ducklake``,
-``-postgres``, ``-sqlite``), which exist for duckdb 1.5.5 only; nothing is
-downloaded at run time. :func:`install_extensions` copies them once into the
-kit's extension folder (under a file lock, so concurrent first runs do not
-collide); connections only ``LOAD`` them, with auto-install and auto-load off.
+``-postgres``, ``-sqlite``, and ``-httpfs`` for a data path on ``s3://``), which
+exist for duckdb 1.5.5 only; nothing is downloaded at run time.
+:func:`install_extensions` copies them once into the kit's extension folder
+(under a file lock, so concurrent first runs do not collide); connections only
+``LOAD`` them, with auto-install and auto-load off.
+
+**Object storage.** A data path ``s3://bucket/prefix/`` is read and written
+through httpfs with the S3 access the lake carries (:class:`S3Access`: the
+kit's own store, :mod:`marketstream.objectstore`, or the user's endpoint and
+keys). Each connection gets it as a temporary DuckDB secret before ``ATTACH``
+(temporary: never written to ``~/.duckdb/stored_secrets``), scoped to the
+bucket. The keys are never shown: :class:`S3Access`' repr masks them, and
+every error line about the lake is redacted with them
+(:attr:`Lake.secret_values`), since DuckDB echoes a failing statement.
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketstream.errors import StoreUnavailable
-from marketstream.redact import redact
+from marketstream.redact import MASK, redact
 from marketstream.settings import home
 from marketstream.store.positions import Positions, resume_points
 from marketstream.store.schema import LAKE_SCHEMA, RunMetrics, add_run_columns, run_insert
@@ -74,6 +84,10 @@ ALIAS = "lake"
 
 #: wheel package suffix -> the name DuckDB loads it by
 _EXTENSIONS = {"ducklake": "ducklake", "postgres": "postgres_scanner", "sqlite": "sqlite_scanner"}
+#: Needed only for a data path on object storage (``s3://``): its wheel may be absent.
+_OBJECT_STORE_EXTENSIONS = {"httpfs": "httpfs"}
+#: The DuckDB secret each connection creates for the lake's object store.
+S3_SECRET_NAME = "marketstream_s3"
 
 #: A batch whose commit lost a fence conflict is tried again this often. Each retry
 #: re-reads the fences, so it ends as soon as the rival's commit is visible: in the
@@ -90,21 +104,73 @@ def extension_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class S3Access:
+    """How DuckDB reaches an S3 API object store: its endpoint, region, URL style and keys.
+
+    Its repr masks the keys (a :class:`Lake` is shown in logs and tracebacks).
+    """
+
+    endpoint: str
+    region: str = "us-east-1"
+    key_id: str = ""
+    secret: str = ""
+    url_style: str = "vhost"
+    use_ssl: bool = True
+
+    def __repr__(self) -> str:
+        shown = MASK if self.key_id else ""
+        return (
+            f"S3Access(endpoint={self.endpoint!r}, region={self.region!r}, key_id={shown!r}, "
+            f"secret={shown!r}, url_style={self.url_style!r}, use_ssl={self.use_ssl})"
+        )
+
+    def secret_sql(self, bucket: str) -> str:
+        """The ``CREATE SECRET`` statement (it holds the keys: never log or show it)."""
+        options = [
+            "TYPE s3",
+            f"SCOPE {_quote('s3://' + bucket)}",
+            f"REGION {_quote(self.region)}",
+            f"URL_STYLE {_quote(self.url_style)}",
+            f"USE_SSL {'true' if self.use_ssl else 'false'}",
+        ]
+        if self.endpoint:
+            options.append(f"ENDPOINT {_quote(self.endpoint)}")
+        if self.key_id:
+            options += [f"KEY_ID {_quote(self.key_id)}", f"SECRET {_quote(self.secret)}"]
+        return f"CREATE OR REPLACE TEMPORARY SECRET {S3_SECRET_NAME} ({', '.join(options)})"
+
+
+@dataclass(frozen=True)
 class Lake:
-    """Where a lake is: its catalog (``postgres:<dsn>`` or ``sqlite:<path>``) and its data."""
+    """Where a lake is: its catalog (``postgres:<dsn>`` or ``sqlite:<path>``) and its data,
+    and for data on ``s3://`` how to reach the object store."""
 
     catalog: str
     data_path: str
     extension_dir: Path
+    s3: S3Access | None = None
 
     @property
     def kind(self) -> str:
         """``postgres`` or ``sqlite``."""
         return self.catalog.split(":", 1)[0]
 
+    @property
+    def on_object_store(self) -> bool:
+        """True for a data path on ``s3://``."""
+        return self.data_path.lower().startswith("s3://")
+
+    @property
+    def secret_values(self) -> list[str]:
+        """The credentials an error line about this lake must not show."""
+        if self.s3 is None:
+            return []
+        return [value for value in (self.s3.key_id, self.s3.secret) if value]
+
     def describe(self) -> str:
         """The lake for a person (passwords left out)."""
-        return f"DuckLake {redact(self.catalog)} (data {self.data_path})"
+        where = f", endpoint {self.s3.endpoint}" if self.s3 and self.s3.endpoint else ""
+        return f"DuckLake {redact(self.catalog)} (data {self.data_path}{where})"
 
 
 def catalog_spec(text: str) -> str:
@@ -127,9 +193,12 @@ def catalog_spec(text: str) -> str:
     )
 
 
-def _wheel_file(package: str) -> Path:
+def _wheel_file(package: str, *, required: bool = True) -> Path | None:
+    """The extension file in its wheel (None for an optional one not installed)."""
     spec = importlib.util.find_spec(f"duckdb_extension_{package}")
     if spec is None or not spec.submodule_search_locations:
+        if not required:
+            return None
         raise StoreUnavailable(
             f"the DuckLake store needs the {package} extension for DuckDB, which comes with "
             "the kit's lake extra: pip install -e '.[lake]' (make setup installs it)"
@@ -155,8 +224,11 @@ def install_extensions(folder: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         con = _connect_raw(folder)
         try:
-            for package in _EXTENSIONS:
-                wheel = _wheel_file(package)
+            wheels = [(package, _wheel_file(package)) for package in _EXTENSIONS]
+            wheels += [(p, _wheel_file(p, required=False)) for p in _OBJECT_STORE_EXTENSIONS]
+            for _package, wheel in wheels:
+                if wheel is None:
+                    continue
                 if not wheel.exists():
                     raise StoreUnavailable(
                         f"{wheel} is missing: the extension wheel does not match duckdb "
@@ -169,6 +241,9 @@ def install_extensions(folder: Path) -> None:
 
 def _load(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
     names = ["ducklake", _EXTENSIONS[lake.kind]]
+    if lake.on_object_store:
+        _wheel_file("httpfs")  # absent: the error says which extra brings it
+        names += list(_OBJECT_STORE_EXTENSIONS.values())
     try:
         for name in names:
             con.execute(f"LOAD {name}")
@@ -187,7 +262,9 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     con = _connect_raw(lake.extension_dir)
     try:
         _load(con, lake)
-        if "://" not in lake.data_path:
+        if lake.on_object_store:
+            _create_s3_secret(con, lake)
+        elif "://" not in lake.data_path:
             Path(lake.data_path).mkdir(parents=True, exist_ok=True)
         con.execute(
             f"ATTACH IF NOT EXISTS {_quote('ducklake:' + lake.catalog)} AS {ALIAS} "
@@ -197,11 +274,32 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     except duckdb.Error as exc:
         con.close()
         raise StoreUnavailable(_unreachable(lake, exc)) from None
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
+def _create_s3_secret(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    """The lake's S3 access as this connection's temporary secret (before ATTACH)."""
+    if lake.s3 is None:
+        raise StoreUnavailable(
+            f"{lake.describe()} is on object storage but no S3 access was given: set "
+            "MARKET_S3_ENDPOINT (and MARKET_S3_KEY_ID, MARKET_S3_SECRET), or leave the "
+            "endpoint empty for the kit's own object store"
+        )
+    bucket = lake.data_path[len("s3://") :].split("/", 1)[0]
+    try:
+        con.execute(lake.s3.secret_sql(bucket))
+    except duckdb.Error as exc:  # DuckDB may quote the statement, keys and all
+        raise StoreUnavailable(
+            f"cannot configure S3 access for {lake.describe()}: "
+            f"{redact(' '.join(str(exc).split()), lake.secret_values)[:300]}"
+        ) from None
+
+
 def _unreachable(lake: Lake, exc: Exception) -> str:
-    text = " ".join(str(exc).split())
+    text = redact(" ".join(str(exc).split()), lake.secret_values)
     why = text.split("Unable to connect to Postgres at", 1)[-1]
     if "does not exist" in text and "database" in text:
         reason = "its database does not exist"
@@ -211,6 +309,8 @@ def _unreachable(lake: Lake, exc: Exception) -> str:
         reason = "the server refused the user name or password"
     elif "could not translate host name" in text:
         reason = "its host name is unknown"
+    elif lake.on_object_store and ("HTTP" in text or "s3://" in text):
+        reason = f"the object store refused or did not answer: {text[:300]}"
     else:
         reason = redact(why.strip())[:300]
     return f"cannot open {lake.describe()}: {reason}"

@@ -5,7 +5,11 @@ A store is a :data:`Where`: a :class:`~pathlib.Path` (the DuckDB file) or a
 :func:`locate` and hand it to the store's functions; only this package
 looks inside it. :func:`owned_store` is the lake's counterpart of
 :func:`marketstream.broker.owned_broker`: with no catalog configured, the kit
-starts its own PostgreSQL server for the block of work and stops it after.
+starts its own PostgreSQL server for the block of work and stops it after;
+with the data on ``s3://`` and no ``MARKET_S3_ENDPOINT``, it does the same with
+its own object store (:mod:`marketstream.objectstore`), and the settings it
+hands back name that store's endpoint and keys, so child processes and
+notebook kernels reach the same one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from marketstream.settings import Settings
 from marketstream.store import files, lake
 from marketstream.store.backend import Backend, Signature, Writer
 from marketstream.store.failures import named
-from marketstream.store.lake import Lake
+from marketstream.store.lake import Lake, S3Access
 from marketstream.store.positions import Positions
 
 #: A store: the DuckDB file's path, or a lake.
@@ -34,7 +38,59 @@ def locate(settings: Settings) -> Where:
     if settings.store == "duckdb":
         return settings.db_path
     catalog = settings.ducklake_catalog or _local_catalog(settings)
-    return Lake(lake.catalog_spec(catalog), settings.lake_data, lake.extension_dir())
+    return Lake(
+        lake.catalog_spec(catalog), settings.lake_data, lake.extension_dir(), _s3_access(settings)
+    )
+
+
+def _s3_access(settings: Settings) -> S3Access | None:
+    """How the lake's data is reached on ``s3://``: the settings' endpoint, or the kit's
+    running object store; None for data in a folder."""
+    if not settings.lake_on_s3:
+        return None
+    if settings.s3_endpoint:
+        return S3Access(
+            settings.s3_endpoint,
+            settings.s3_region,
+            settings.s3_key_id,
+            settings.s3_secret,
+            settings.s3_url_style,
+            settings.s3_use_ssl,
+        )
+    from marketstream.objectstore import objectstore_status
+
+    server = objectstore_status(settings.objectstore_home)
+    if server is None:
+        raise StoreUnavailable(
+            f"MARKET_DUCKLAKE_DATA={settings.ducklake_data} without MARKET_S3_ENDPOINT uses "
+            f"the kit's own object store ({settings.objectstore_home}), and it is not "
+            "running (the pipeline and live mode start it themselves); or set "
+            "MARKET_S3_ENDPOINT and the keys for your own"
+        )
+    return _own_access(settings.with_(**_own_settings(server)))
+
+
+def _own_settings(server: Any) -> dict[str, object]:
+    """The settings that name the kit's own object store (path-style, plain HTTP)."""
+    return {
+        "s3_endpoint": server.endpoint,
+        "s3_region": server.region,
+        "s3_key_id": server.key_id,
+        "s3_secret": server.secret,
+        "s3_url_style": "path",
+        "s3_use_ssl": False,
+    }
+
+
+def _own_access(settings: Settings) -> S3Access:
+    return S3Access(
+        settings.s3_endpoint,
+        settings.s3_region,
+        settings.s3_key_id,
+        settings.s3_secret,
+        settings.s3_url_style,
+        settings.s3_use_ssl,
+    )
 
 
 def _local_catalog(settings: Settings) -> str:
@@ -58,26 +114,49 @@ def owned_store(settings: Settings, *, keep: bool = False) -> Iterator[Settings]
     For a lake without a catalog the kit's PostgreSQL is started unless it runs,
     and the settings handed back name it (``ducklake_catalog``), so child
     processes get it through :func:`marketstream.processes.child_env`; it is
-    stopped at the end if it was started here and ``keep`` is false.
+    stopped at the end if it was started here and ``keep`` is false. A lake on
+    ``s3://`` without ``MARKET_S3_ENDPOINT`` gets the kit's object store the same
+    way (its bucket created), named by the ``s3_*`` settings handed back.
     """
     started = False
-    if settings.store == "ducklake" and not settings.ducklake_catalog:
-        from marketstream.postgres import postgres_status, start_postgres
-
-        server = postgres_status(settings.postgres_home)
-        if server is None:
-            server = start_postgres(settings.postgres_home, settings.postgres_port or None)
-            started = True
-        settings = settings.with_(ducklake_catalog=server.dsn())
+    started_objects = False
     try:
+        if settings.store == "ducklake" and settings.lake_on_s3 and not settings.s3_endpoint:
+            from marketstream.objectstore import (
+                bucket_of,
+                ensure_bucket,
+                objectstore_status,
+                start_objectstore,
+            )
+
+            bucket = bucket_of(settings.ducklake_data.strip())
+            objects = objectstore_status(settings.objectstore_home)
+            if objects is None:
+                objects = start_objectstore(settings.objectstore_home)
+                started_objects = True
+            ensure_bucket(objects, bucket)
+            settings = settings.with_(**_own_settings(objects))
+        if settings.store == "ducklake" and not settings.ducklake_catalog:
+            from marketstream.postgres import postgres_status, start_postgres
+
+            server = postgres_status(settings.postgres_home)
+            if server is None:
+                server = start_postgres(settings.postgres_home, settings.postgres_port or None)
+                started = True
+            settings = settings.with_(ducklake_catalog=server.dsn())
         init_store(locate(settings))
         yield settings
     finally:
+        if (started or started_objects) and not keep:
+            lake.forget_connections()
         if started and not keep:
             from marketstream.postgres import stop_postgres
 
-            lake.forget_connections()
             stop_postgres(settings.postgres_home)
+        if started_objects and not keep:
+            from marketstream.objectstore import stop_objectstore
+
+            stop_objectstore(settings.objectstore_home)
 
 
 #: Each kind of :data:`Where` and the backend that handles it: the one place that looks
