@@ -80,15 +80,17 @@ pictures: setup ## regenerate the README's pictures in docs/images/ from a fresh
 # What the kit made while running: stop a local broker and PostgreSQL, then delete its outputs
 # (the lake's Parquet files and its catalog, the kit's PostgreSQL data, go together).
 CLEAN := output logs data/*.duckdb data/*.duckdb.wal data/*.csv data/lake .cache/postgres \
+         .cache/objectstore/data \
          bench/latest.json bench/latest.html bench/profile* test-artifacts .pytest_cache
 # What it fetched or keeps between runs: the Kafka jars and the local brokers' data
 # (MARKETSTREAM_KAFKA_HOME's default), DuckDB's extensions (copied from their wheels), the
 # wheel test's downloaded wheels.
-DISTCLEAN := .cache/kafka .cache/wheels .cache/duckdb-extensions
+DISTCLEAN := .cache/kafka .cache/wheels .cache/duckdb-extensions .cache/objectstore
 
-clean: ## stop the local broker and PostgreSQL; delete data/ (and the lake), logs/, output/, bench results
+clean: ## stop the local broker, PostgreSQL and object store; delete data/ (and the lake), logs/, output/, bench results
 	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream broker down; fi
 	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream postgres down; fi
+	-@if [ -x $(BIN)/marketstream ]; then $(BIN)/marketstream objectstore down; fi
 	rm -rf $(CLEAN)
 
 distclean: clean ## also delete the Kafka jars, the local brokers' data, DuckDB extensions, cached wheels

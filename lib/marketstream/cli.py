@@ -31,9 +31,11 @@ from marketstream.errors import (
     BrokerError,
     ConfirmationRefused,
     ConsumeError,
+    KafkaUnavailable,
     MarketstreamError,
     MissingExtra,
     ReplayError,
+    SettingsError,
 )
 from marketstream.redact import redact
 from marketstream.settings import OPTIONS, Option, Settings, default_text
@@ -96,6 +98,9 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
     "positions": ("bootstrap_servers", "topic", *STORE_SETTINGS, "postgres_home"),
     "upkeep": ("ducklake_data", "postgres_home"),
     "postgres": ("postgres_home", "postgres_port"),
+    "objectstore": ("objectstore_home",),
+    # what it writes into .env beside MARKET_STORE (each only when given)
+    "use": ("db_path", "ducklake_data"),
     "bench": ("bootstrap_servers", "symbols", "seed"),
     "soak": ("bootstrap_servers", "batch_size"),
 }
@@ -294,12 +299,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The line a step verb (produce, consume) prints when the local broker is not running.
+START_BROKER_HINT = (
+    "start the local broker with `marketstream broker up` (pipeline and live stop the one "
+    "they start), or set KAFKA_BOOTSTRAP_SERVERS"
+)
+
+
 def _require_kafka(settings: Settings) -> None:
     """One line naming what is wrong with the connection, before a client would wait out
-    its bootstrap timeout (a wrong password is otherwise "Unable to bootstrap" after 30 s)."""
+    its bootstrap timeout (a wrong password is otherwise "Unable to bootstrap" after 30 s).
+
+    The step verbs never start a broker (docs/real-clusters.md, "Which commands start a
+    broker"): where ``pipeline`` or ``live`` would have started one (this machine's
+    address, nothing listening, no security), the line says which command to run.
+    """
+    from marketstream.broker.owned import local_start_refusal
     from marketstream.clients import DEFAULT_CLIENTS
 
-    DEFAULT_CLIENTS.check(settings)
+    try:
+        DEFAULT_CLIENTS.check(settings)
+    except KafkaUnavailable:
+        if local_start_refusal(settings) is not None:
+            raise  # somebody's cluster, or security configured: the diagnosis says why
+        raise KafkaUnavailable(
+            f"no Kafka broker answers at {settings.bootstrap_servers}: nothing listens there; "
+            + START_BROKER_HINT
+        ) from None
 
 
 def _pace(args: argparse.Namespace) -> Pace | None:
@@ -338,15 +364,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_consume(args: argparse.Namespace) -> int:
     from marketstream import store
     from marketstream.consume import consume
-    from marketstream.workers import consume_all
+    from marketstream.workers import consume_group, describe_shares
 
     settings = _settings(args)
     _require_kafka(settings)
     if args.max_messages is not None and settings.consumers > 1:
         raise ConsumeError("--max-messages counts one consumer's messages: use it with --workers 1")
+    shares: list[str] = []
     with store.owned_store(settings) as settings:
         if settings.consumers > 1:
-            run = consume_all(settings, progress=not args.quiet)
+            group = consume_group(settings)
+            run, shares = group.run, describe_shares(group.shares)
         else:
             run = consume(
                 settings,
@@ -360,6 +388,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
         f"{run.duplicates} already stored, {run.errors} dead letters, "
         f"{run.throughput_per_s:,.0f} msg/s -> {where}"
     )
+    for line in shares:  # each worker's partitions, messages and rate
+        print(line)
     if run.behind:
         print(
             f"marketstream: not caught up: {run.behind:,} messages of {settings.topic} are "
@@ -456,6 +486,101 @@ def cmd_postgres(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_objectstore(args: argparse.Namespace) -> int:
+    from marketstream.objectstore import objectstore_status, start_objectstore, stop_objectstore
+
+    home = _settings(args).objectstore_home
+    if args.action == "up":
+        found = start_objectstore(home, keep=True, say=_notes(args))  # until `objectstore down`
+        print(f"object store (s3proxy) at {found.endpoint} (data {found.data_dir})")
+        print("the kit hands its keys to its own processes; a lake on s3:// uses it")
+        return 0
+    if args.action == "down":
+        stopped = stop_objectstore(home)
+        print("object store stopped" if stopped else "no object store started by marketstream")
+        return 0
+    found = objectstore_status(home)
+    if found is None:
+        print(f"no object store running from {home}")
+        return NOT_RUNNING
+    print(f"object store (s3proxy) at {found.endpoint}, pid {found.pid} (data {found.data_dir})")
+    return 0
+
+
+#: The settings ``use`` writes into .env when given as options (their raw text, as typed).
+USE_SETTINGS = {"db_path": "MARKET_DB_PATH", "ducklake_data": "MARKET_DUCKLAKE_DATA"}
+
+
+def set_dotenv(path: Path, values: dict[str, str]) -> None:
+    """Set ``KEY=value`` lines in a ``.env`` file, leaving every other line as it was.
+
+    A key's existing line (``export KEY=...`` included) is replaced where it stands, a
+    second one of the same key dropped (python-dotenv would take the last); a new key is
+    appended. A new file is made readable by its owner only: ``.env`` holds passwords.
+    Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+    import os
+    import re
+
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    done: set[str] = set()
+    out: list[str] = []
+    for line in lines:
+        found = re.match(r"\s*(export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
+        key = found.group(2) if found else None
+        if key in values:
+            if key not in done:
+                out.append(f"{found.group(1) or ''}{key}={values[key]}")
+                done.add(key)
+            continue
+        out.append(line)
+    out += [f"{key}={value}" for key, value in values.items() if key not in done]
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("\n".join(out) + "\n", encoding="utf-8")
+    temporary.chmod(mode)
+    os.replace(temporary, path)
+
+
+def cmd_use(args: argparse.Namespace) -> int:
+    """Show the store in use, or choose it for every later command (kept in ``.env``)."""
+    import os
+
+    from marketstream.settings import DOTENV, STORES, home, read_dotenv
+
+    path = home() / DOTENV
+    env = _BY_NAME["store"].env
+    if args.store is None:
+        settings = Settings.from_env()
+        source = (
+            "exported in this shell"
+            if os.environ.get(env, "").strip()
+            else f"from {path}"
+            if read_dotenv(path).get(env, "").strip()
+            else "the default"
+        )
+        where = settings.db_path if settings.store == "duckdb" else settings.lake_data
+        print(f"store: {settings.store} ({where}; {env} {source})")
+        return 0
+    if args.store not in STORES:
+        raise SettingsError(f"use {args.store!r}: choose one of {', '.join(STORES)}")
+    values = {env: args.store}
+    for name, variable in USE_SETTINGS.items():
+        given = getattr(args, f"setting_{name}")
+        if given is not None:
+            values[variable] = str(given)
+    set_dotenv(path, values)
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    print(f"{shown} written to {path}: every later command uses the {args.store} store")
+    exported = os.environ.get(env, "").strip()
+    if exported and exported != args.store:
+        print(
+            f"  but {env}={exported} is exported in this shell and wins over .env: `unset {env}`",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from marketstream.pipeline import run_pipeline
 
@@ -468,6 +593,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     print(summary.describe())
     if summary.broker_started and args.keep_broker:
         print("  the broker is still running: `marketstream broker down` stops it")
+    elif summary.broker_started:
+        print(
+            "  the broker this run started is stopped: `marketstream broker up` starts one "
+            "for produce and consume"
+        )
     return 0
 
 
@@ -492,6 +622,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         stop=_stop_event(),
         replay=replay,
+        progress=not args.quiet,
     )
 
 
@@ -548,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marketstream",
         description="Synthetic market ticks -> Kafka -> DuckDB. Settings come from the "
-        "environment and ./.env (see README: Configuration); options here override them.",
+        "environment and ./.env (see docs/configuration.md); options here override them.",
     )
     parser.add_argument("--version", action="version", version=f"marketstream {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -653,6 +784,20 @@ def build_parser() -> argparse.ArgumentParser:
         "postgres", "start/stop/report the kit's own PostgreSQL (the lake's catalog)", cmd_postgres
     )
     p.add_argument("action", choices=["up", "down", "status"])
+
+    p = verb(
+        "objectstore",
+        "start/stop/report the kit's own S3-compatible store (a lake on s3://)",
+        cmd_objectstore,
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+
+    p = verb(
+        "use",
+        "choose the store every later command uses (kept in .env); alone: show it",
+        cmd_use,
+    )
+    p.add_argument("store", nargs="?", metavar="duckdb|ducklake", help="the store to use")
 
     p = verb("bench", "benchmark the whole path", cmd_bench)
     p.add_argument("-n", type=int, default=1_000_000, help="ticks (default: 1,000,000)")

@@ -472,6 +472,46 @@ def _shutdown(workers: Sequence[_Worker], children: Sequence[Child], stop: threa
         writer.stop()
 
 
+#: Ticks whose event time is older than this when live mode starts are not live ones
+#: (``make demo``'s carry the generator's fixed times): live mode says they are there.
+OLDER_THAN = timedelta(hours=1)
+
+#: How to keep live mode apart from the demo's ticks: its own store, and its own topic
+#: (the demo's messages would otherwise be read into the new store).
+SEPARATE_LIVE = "MARKET_DB_PATH=data/live.duckdb KAFKA_TOPIC=market_ticks_live make live"
+
+
+def older_ticks_note(settings: Settings, now: datetime | None = None) -> str | None:
+    """A line saying that the store already holds ticks older than :data:`OLDER_THAN`
+    (``None`` if it holds none, or cannot be read: a note never stops live mode).
+
+    Why: live ticks and the demo's land in the same store; the live views are windows
+    that end now, but ``/metrics`` or ``/candles`` without a range and the explore
+    notebook's statistics count both. Mixing them silently surprised a newcomer (issue
+    18); saying so at the start, with the command that keeps them apart, does not.
+    """
+    from marketstream.store import exists, market_metrics
+
+    cutoff = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None) - OLDER_THAN
+    try:
+        at = locate(settings)
+        if not exists(at):
+            return None
+        older = market_metrics(at, until=cutoff)
+    except Exception:  # a note: never a reason for live mode to fail
+        return None
+    count = int(older["tickcount"].sum()) if len(older) else 0
+    if not count:
+        return None
+    newest = older["last_tick"].max()
+    return (
+        f"note: {describe(at)} already holds {count:,} older ticks (the newest of them "
+        f"from {newest:%Y-%m-%d %H:%M} UTC, e.g. make demo's). The live views end now and "
+        "leave them out, but /metrics and /candles without since= and the explore "
+        f"notebook count them too; to keep live mode apart: {SEPARATE_LIVE}"
+    )
+
+
 def run_live(
     settings: Settings,
     *,
@@ -481,8 +521,12 @@ def run_live(
     stop: threading.Event | None = None,
     say: Callable[[str], None] | None = None,
     replay: Pace | None = None,
+    progress: bool = True,
 ) -> int:
     """Stream until ``stop`` (Ctrl-C/SIGTERM in the CLI) or ``duration_s``; serve API and Voila.
+
+    ``progress=False`` (``live -q``) leaves out the status line every
+    :data:`STATUS_EVERY_S`; what starts, stops and fails is still said.
 
     ``replay`` streams ``settings.csv_path`` at event-time speed instead of the random
     walk (:func:`replay_live`); the servers stay up after the file's last tick.
@@ -496,7 +540,13 @@ def run_live(
     log = get_logger(settings.log_path)
     counters = LiveCounters()
     with owned_broker(settings, say=say), owned_store(settings) as settings:
-        failure = _run_parts(settings, api, voila, duration_s, stop, say, counters, log, replay)
+        note = older_ticks_note(settings)
+        if note is not None:
+            say(note)
+            log.info("live_store_holds_older_ticks", extra={"note": note})
+        failure = _run_parts(
+            settings, api, voila, duration_s, stop, say, counters, log, replay, progress
+        )
     say(status_line(counters, "live stopped after"))
     if failure:
         say(f"marketstream live: {failure}")
@@ -516,6 +566,7 @@ def _run_parts(
     counters: LiveCounters,
     log: logging.Logger,
     replay: Pace | None = None,
+    progress: bool = True,
 ) -> str | None:
     """Start the servers and the pipeline threads, supervise, stop them; the failure if any."""
     workers: list[_Worker] = []
@@ -549,7 +600,8 @@ def _run_parts(
             for line in describe_urls(settings, children):
                 say(line)
             say("  Ctrl-C stops everything" if duration_s is None else f"  for {duration_s:g}s")
-            failure = _supervise(workers, children, counters, stop, duration_s, say)
+            status = say if progress else (lambda _line: None)
+            failure = _supervise(workers, children, counters, stop, duration_s, status)
     except KeyboardInterrupt:
         pass
     finally:

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from marketstream.produce import delete_topic
 from marketstream.resources import notebook
 from marketstream.settings import OPTIONS, Settings, home
 from marketstream.store import owned_store
+from marketstream.workers import WorkerShare, describe_shares, shares
 
 PIPELINE_NOTEBOOKS = ("01_generate", "02_produce", "03_consume", "04_explore")
 
@@ -56,14 +58,18 @@ class PipelineSummary:
     location: str
     outputs: list[Path] = field(default_factory=list)
     broker_started: bool = False
+    #: each consumer worker's share, when the consume notebook ran several
+    shares: list[WorkerShare] = field(default_factory=list)
 
     def describe(self) -> str:
         """A few lines for the terminal."""
         rate = f"{self.throughput_per_s:,.0f} ticks/s" if self.throughput_per_s else "n/a"
+        what = f"{len(self.shares)} workers together" if len(self.shares) > 1 else "this run"
         lines = [
             f"pipeline finished in {self.elapsed_s:.1f}s",
             f"  rows stored      : {self.rows} ({self.location})",
-            f"  consume rate     : {rate} (last consumer run)",
+            f"  consume rate     : {rate} ({what})",
+            *describe_shares(self.shares, indent="    - "),
             f"  executed notebooks: {self.outputs[0].parent if self.outputs else '-'}",
         ]
         lines += [f"    - {p.name}" for p in self.outputs]
@@ -157,6 +163,30 @@ def _run_notebook(name: str, settings: Settings, progress: bool, log: logging.Lo
     return target
 
 
+def consume_rate(runs: Any) -> float | None:
+    """The consumer runs of this pipeline (a ``pipeline_metrics`` frame) as one rate: every
+    message over the span from the first run's start to the last one's end. With several
+    workers the last run alone could be one that found its partitions empty (n/a)."""
+    if not len(runs):
+        return None
+    messages = int(runs["messages_processed"].sum())
+    span = (runs["ended_at"].max() - runs["started_at"].min()).total_seconds()
+    return messages / span if messages and span > 0 else None
+
+
+def run_shares(runs: Any, settings: Settings) -> list[WorkerShare]:
+    """Each consumer run of this pipeline as a worker's share (partitions from the log)."""
+    ordered = runs.sort_values("started_at") if len(runs) else runs
+    return shares(
+        [
+            (f"worker {i}", str(r.run_id), int(r.messages_processed), float(r.throughput_per_s))
+            for i, r in enumerate(ordered.itertuples(), start=1)
+        ],
+        settings.log_path,
+        settings.consumer_group,
+    )
+
+
 def run_pipeline(
     settings: Settings,
     *,
@@ -180,10 +210,11 @@ def run_pipeline(
             delete_topic(settings)
             store.remove_store(at)
             store.init_store(at)
+        since = datetime.now(UTC).replace(tzinfo=None)  # the store's times are naive UTC
         with secrets_for_kernels(settings):
             outputs = [_run_notebook(name, settings, progress, log) for name in notebooks]
-        runs = store.pipeline_runs(at, limit=1)
-        throughput = float(runs["throughput_per_s"].iloc[0]) if len(runs) else None
+        runs = store.pipeline_runs(at, since=since)
+        throughput, found = consume_rate(runs), run_shares(runs, settings)
         summary = PipelineSummary(
             rows=store.tick_count(at),
             elapsed_s=time.perf_counter() - started,
@@ -191,6 +222,7 @@ def run_pipeline(
             location=store.describe(at),
             outputs=outputs,
             broker_started=kafka.started,
+            shares=found,
         )
     log.info(
         "pipeline_end",

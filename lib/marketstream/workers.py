@@ -17,7 +17,16 @@ partitions moved away while it was storing a batch finds its Kafka commit
 refused and carries on.
 
 A worker prints its run as one ``RUN {json}`` line at the end; the parent
-adds them up (:func:`consume_all`).
+adds them up (:func:`consume_all`) and shows each worker's share
+(:func:`describe_shares`).
+
+Why a batch run's workers start at a gate (:func:`open_gate_when_settled`): started
+one after the other, the first worker up took every partition and read the demo's
+150 ticks alone before the second had joined; the others found nothing left, and
+``make demo`` with three workers showed no parallelism at all. Each worker now
+joins the group with its partitions paused and fetches nothing until the group
+has handed every partition out (or :data:`SETTLE_TIMEOUT_S` has passed: a worker
+that cannot join must not hold the run up).
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,24 +67,103 @@ WORKER_STOP_GRACE_S = 60.0
 GATE_ENV = variable("MARKET_WORKER_GATE")
 
 
-def holdings(log_path: Path, group: str) -> dict[str, list[int]]:
+#: How long a batch run's workers wait at their start gate for the group to settle.
+SETTLE_TIMEOUT_S = 30.0
+
+
+def holdings(log_path: Path, group: str, since: datetime | None = None) -> dict[str, list[int]]:
     """Each consumer run of ``group``: its partitions as its last ``partitions_assigned``
-    in the JSON log said (the consumer's :class:`~marketstream.consume.PartitionLog`)."""
+    in the JSON log said (the consumer's :class:`~marketstream.consume.PartitionLog`);
+    with ``since``, only what was logged from then on (earlier runs of the same group
+    stay in the log)."""
     from marketstream.logs import read_log
 
+    after = None if since is None else since.astimezone(UTC).isoformat()
     held: dict[str, list[int]] = {}
     for entry in read_log(log_path):
-        if entry.get("event") == "partitions_assigned" and entry.get("group") == group:
+        if entry.get("event") != "partitions_assigned" or entry.get("group") != group:
+            continue
+        if after is None or str(entry.get("time", "")) >= after:
             held[entry["run_id"]] = entry["partitions"]
     return held
 
 
-def settled(log_path: Path, group: str, workers: int, partitions: int) -> bool:
+def settled(
+    log_path: Path, group: str, workers: int, partitions: int, since: datetime | None = None
+) -> bool:
     """True once ``workers`` runs of ``group`` hold every one of ``partitions`` exactly once
     between them: the group's rebalances are over (as long as no one joins or leaves)."""
-    held = holdings(log_path, group)
+    held = holdings(log_path, group, since)
     taken = sorted(n for numbers in held.values() for n in numbers)
     return len(held) == workers and taken == list(range(partitions))
+
+
+def topic_partitions(settings: Settings) -> int:
+    """The topic's partitions (the setting's count if the topic cannot be asked)."""
+    from marketstream.produce import partition_counts
+
+    try:
+        counts = partition_counts(settings)
+    except Exception:  # the workers will name a broker problem themselves
+        counts = None
+    return len(counts) if counts else settings.partitions
+
+
+def open_gate_when_settled(
+    settings: Settings,
+    consumers: Sequence[Child],
+    gate: Path,
+    since: datetime,
+    timeout_s: float = SETTLE_TIMEOUT_S,
+) -> bool:
+    """Open ``gate`` once the workers hold every partition between them, or a worker has
+    ended, or ``timeout_s`` has passed; True if the group had settled."""
+    partitions = topic_partitions(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and all(c.alive() for c in consumers):
+            if settled(
+                settings.log_path, settings.consumer_group, len(consumers), partitions, since
+            ):
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        gate.touch()
+
+
+@dataclass(frozen=True)
+class WorkerShare:
+    """What one worker of a group run did: its partitions, messages and rate."""
+
+    name: str
+    partitions: tuple[int, ...]
+    messages: int
+    rate_per_s: float
+
+    def describe(self) -> str:
+        held = ", ".join(map(str, self.partitions))
+        return (
+            f"{self.name}: partitions [{held}], {self.messages:,} messages, "
+            f"{self.rate_per_s:,.0f} msg/s"
+        )
+
+
+def shares(
+    runs: Iterable[tuple[str, str, int, float]], log_path: Path, group: str
+) -> list[WorkerShare]:
+    """Each worker's share from its runs ``(name, run_id, messages, rate)`` and the log's
+    record of the partitions each run held."""
+    held = holdings(log_path, group)
+    return [
+        WorkerShare(name, tuple(held.get(run_id, ())), messages, rate)
+        for name, run_id, messages, rate in runs
+    ]
+
+
+def describe_shares(found: Sequence[WorkerShare], indent: str = "  ") -> list[str]:
+    """One line per worker (none for a run of one consumer: its share is the whole)."""
+    return [indent + share.describe() for share in found] if len(found) > 1 else []
 
 
 def worker_command(*, live: bool) -> list[str]:
@@ -180,24 +269,54 @@ def combined_run(runs: Sequence[RunMetrics], started_at: datetime, mode: str) ->
     )
 
 
+@dataclass(frozen=True)
+class GroupRun:
+    """A batch run of several workers: their runs combined, and each one's share."""
+
+    run: RunMetrics
+    shares: list[WorkerShare]
+
+
 def consume_all(settings: Settings, *, progress: bool = True) -> RunMetrics:
     """Consume until caught up with ``settings.consumers`` workers; their runs combined.
 
     One worker is this process (what the consume notebook always did); more are
     child processes, and a failing one fails the call with its last log lines.
+    Each worker's share is logged (``worker_share``) and printed with ``progress``;
+    :func:`consume_group` returns it.
     """
     if settings.consumers == 1:
         from marketstream.consume import consume
 
         return consume(settings, progress=progress)
-    started_at = datetime.now(UTC)
-    children = start_workers(settings, settings.consumers, live=False)
-    consumers = [c for c in children if c.name != WRITER_NAME]
+    group = consume_group(settings)
+    if progress:
+        for line in describe_shares(group.shares, indent=""):
+            print(line, flush=True)
+    return group.run
+
+
+def consume_group(settings: Settings) -> GroupRun:
+    """Consume until caught up with ``settings.consumers`` worker processes, started at a
+    gate (:func:`open_gate_when_settled`); the runs combined and each worker's share."""
+    from marketstream.logs import get_logger
+
+    since = datetime.now(UTC)
+    folder = Path(tempfile.mkdtemp(prefix="marketstream-gate-"))
+    gate = folder / "open"
     try:
-        for child in consumers:
-            child.proc.wait()
+        children = start_workers(settings, settings.consumers, live=False, gate=gate)
+        consumers = [c for c in children if c.name != WRITER_NAME]
+        try:
+            open_gate_when_settled(settings, consumers, gate, since)
+            started_at = datetime.now(UTC)  # the workers' runs start at the gate too
+            for child in consumers:
+                child.proc.wait()
+        finally:
+            stop_workers(children)  # the writer process last: it waits for its workers
     finally:
-        stop_workers(children)  # the writer process last: it waits for its workers
+        gate.unlink(missing_ok=True)
+        folder.rmdir()
     failed = [c for c in children if c.proc.returncode not in (0, None)]
     if failed:
         child = failed[0]
@@ -205,8 +324,26 @@ def consume_all(settings: Settings, *, progress: bool = True) -> RunMetrics:
             f"{child.name} exited with {child.proc.returncode}: {child.log_tail()} "
             f"(log {child.log_path})"
         )
-    runs = [run for run in map(worker_run, consumers) if run is not None]
-    return combined_run(runs, started_at, "batch")
+    reported = [(child.name, worker_run(child)) for child in consumers]
+    runs = [run for _, run in reported if run is not None]
+    found = shares(
+        [(name, r.run_id, r.messages_processed, r.throughput_per_s) for name, r in reported if r],
+        settings.log_path,
+        settings.consumer_group,
+    )
+    log = get_logger(settings.log_path)
+    for share in found:
+        log.info(
+            "worker_share",
+            extra={
+                "group": settings.consumer_group,
+                "worker": share.name,
+                "partitions": list(share.partitions),
+                "messages": share.messages,
+                "rate_per_s": round(share.rate_per_s, 1),
+            },
+        )
+    return GroupRun(combined_run(runs, started_at, "batch"), found)
 
 
 def stop_workers(children: Sequence[Child]) -> None:

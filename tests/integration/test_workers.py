@@ -9,6 +9,7 @@ workers writes through the same writer process while a reader reads.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from datetime import UTC, datetime
@@ -41,6 +42,23 @@ def test_three_workers_fill_one_duckdb_file_exactly_once(fresh) -> None:
     assert [p["ticks"] for p in report["partitions"]] == [5000, 5000, 5000]
     again = cli(settings, "consume", "--workers", "3", "-q")  # nothing new: nothing added
     assert "consumed 0 messages" in again.stdout
+
+
+def test_three_workers_on_the_demos_short_topic_each_take_a_partition_and_say_so(
+    fresh,
+) -> None:
+    """``make demo`` with three workers: 150 ticks, read by the first worker up alone
+    before the others had joined (issue 18, friction 3). The batch run's start gate lets
+    each take one partition; the summary shows each worker's partitions and messages."""
+    ensure_topic(fresh)
+    produce_ticks(generate_ticks(fresh.symbols, 50, seed=42), fresh, progress=False)
+    out = cli(fresh, "consume", "--workers", "3", "-q").stdout
+    assert "consumed 150 messages: 150 new rows" in out
+    shares = [line.strip() for line in out.splitlines() if line.startswith("  consumer-")]
+    assert len(shares) == 3, out
+    held = sorted(re.search(r"partitions \[([0-9, ]*)\]", line).group(1) for line in shares)
+    assert held == ["0", "1", "2"], out
+    assert all(", 50 messages, " in line for line in shares), out
 
 
 def test_workers_at_a_start_gate_fetch_nothing_then_share_the_topic(fresh, tmp_path) -> None:

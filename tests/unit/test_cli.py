@@ -210,3 +210,100 @@ def test_broker_status_without_a_broker_exits_3_and_says_how_to_start_one(
     assert cli.main(["broker", "status"]) == cli.NOT_RUNNING == 3
     out, err = capsys.readouterr()
     assert "no Kafka broker answers" in out and "marketstream broker up" in err
+
+
+# --------------------------------------------------------------------------- the broker rule
+
+
+@pytest.mark.parametrize("verb", ["produce", "consume"])
+def test_a_step_verb_without_the_local_broker_says_to_run_broker_up(
+    verb, tmp_path, monkeypatch, capsys
+):
+    """After ``make demo`` stopped the broker it started, the README's next commands
+    (``produce --csv``, ``consume``) name the one command to run (issue 18, friction 1)."""
+    from marketstream.processes import free_port
+
+    port = free_port()
+    csv = tmp_path / "ticks.csv"
+    csv.write_text("timestamp,symbol,price,volume\n2025-01-01T00:00:00,SP500,1.0,1\n")
+    monkeypatch.setenv("MARKETSTREAM_HOME", str(tmp_path))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"localhost:{port}")
+    args = [verb, "-q"] + (["--csv", str(csv)] if verb == "produce" else [])
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"marketstream: error: no Kafka broker answers at localhost:{port}")
+    assert "`marketstream broker up`" in line and "nothing listens there" in line
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+
+
+def test_a_step_verb_against_another_machine_keeps_the_diagnosis(monkeypatch):
+    """``broker up`` is no advice for somebody's cluster: the probe's own line stays."""
+    from marketstream.errors import KafkaUnavailable
+
+    settings = Settings().with_(bootstrap_servers="broker.invalid:9092")
+    with pytest.raises(KafkaUnavailable) as caught:
+        cli._require_kafka(settings)
+    assert "broker up" not in str(caught.value) and "broker.invalid" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- use
+
+
+def test_use_writes_the_store_into_dotenv_and_keeps_every_other_line(tmp_path, monkeypatch, capsys):
+    """``marketstream use ducklake``: later commands find the store without an export
+    (issue 18, friction 2); comments, passwords and other settings are left as they were."""
+    monkeypatch.setenv("MARKETSTREAM_HOME", str(tmp_path))
+    monkeypatch.delenv("MARKET_STORE", raising=False)
+    dotenv = tmp_path / ".env"
+    before = [
+        "# my cluster",
+        "KAFKA_SASL_PASSWORD='s3 cr=t'",
+        "export MARKET_STORE=duckdb",
+        "",
+        "KAFKA_TOPIC=ticks",
+    ]
+    dotenv.write_text("\n".join(before) + "\n")
+    dotenv.chmod(0o600)
+    assert cli.main(["use", "ducklake"]) == 0
+    out, err = capsys.readouterr()
+    assert "MARKET_STORE=ducklake" in out and err == ""
+    after = dotenv.read_text().splitlines()
+    assert after == [line.replace("duckdb", "ducklake") for line in before]
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    assert Settings.from_env().store == "ducklake"
+    assert Settings.from_env().sasl_password == "s3 cr=t" and Settings.from_env().topic == "ticks"
+
+    assert cli.main(["use"]) == 0
+    assert f"store: ducklake ({tmp_path / 'data' / 'lake'}; MARKET_STORE from" in (
+        capsys.readouterr().out
+    )
+
+
+def test_use_on_a_new_home_creates_a_private_dotenv_with_the_paths_given(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MARKETSTREAM_HOME", str(tmp_path))
+    monkeypatch.delenv("MARKET_STORE", raising=False)
+    assert cli.main(["use", "duckdb", "--db", "data/other.duckdb"]) == 0
+    dotenv = tmp_path / ".env"
+    assert dotenv.read_text() == "MARKET_STORE=duckdb\nMARKET_DB_PATH=data/other.duckdb\n"
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    assert Settings.from_env().db_path == tmp_path / "data" / "other.duckdb"
+    capsys.readouterr()
+    assert cli.main(["use"]) == 0
+    assert "duckdb" in capsys.readouterr().out
+
+
+def test_use_warns_when_an_export_wins_over_dotenv_and_refuses_an_unknown_store(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MARKETSTREAM_HOME", str(tmp_path))
+    monkeypatch.setenv("MARKET_STORE", "duckdb")
+    assert cli.main(["use", "ducklake"]) == 0
+    _out, err = capsys.readouterr()
+    assert "unset MARKET_STORE" in err
+    assert cli.main(["use", "postgres"]) == 2
+    assert "choose one of duckdb, ducklake" in capsys.readouterr().err
+    assert (tmp_path / ".env").read_text() == "MARKET_STORE=ducklake\n"

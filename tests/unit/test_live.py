@@ -101,3 +101,22 @@ def test_voila_applies_the_config_to_its_kernel_manager():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_live_mode_says_when_its_store_already_holds_older_ticks(tmp_path) -> None:
+    """The demo's ticks (2025) and live ones share the store: live mode says so at its
+    start, with the command that keeps them apart, instead of mixing them silently
+    (issue 18, friction 5); a store of recent ticks, or none yet, gets no note."""
+    from marketstream.live import SEPARATE_LIVE, older_ticks_note
+    from marketstream.ticks import generate_ticks
+    from support.factories import recent_ticks, write_store
+
+    settings = Settings().with_(db_path=str(tmp_path / "store.duckdb"))
+    assert older_ticks_note(settings) is None  # no store yet
+    write_store(settings.db_path, recent_ticks(settings.symbols, 5))
+    assert older_ticks_note(settings) is None  # only live ticks
+    write_store(settings.db_path, generate_ticks(settings.symbols, 50, seed=42))
+    note = older_ticks_note(settings)
+    assert note is not None and note.startswith("note: ")
+    assert "already holds 150 older ticks" in note and "2025-01-06" in note
+    assert SEPARATE_LIVE in note and "/candles" in note

@@ -57,10 +57,12 @@ def test_clean_deletes_what_the_kit_made_and_keeps_the_caches():
         "test-artifacts",
         "data/lake",
         ".cache/postgres",  # the lake's catalog goes with its Parquet files
+        ".cache/objectstore/data",  # and so do its files in the kit's object store
     ):
         assert made in commands
     assert "postgres down" in commands and "broker down" in commands
-    kept = commands.replace(".cache/postgres", "")
+    assert "objectstore down" in commands
+    kept = commands.replace(".cache/postgres", "").replace(".cache/objectstore/data", "")
     assert ".cache" not in kept and ".venv" not in commands.replace(".venv/bin", "")
 
 
