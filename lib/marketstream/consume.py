@@ -25,6 +25,15 @@ pure Python on the calling thread, and that is the ceiling. So decoding and
 the store transaction run on a writer thread (both release the GIL), while
 the main thread polls; the main thread commits each batch's offsets only once
 its store transaction has committed.
+
+Tried and not kept (issue 20, bench/README.md "Consumer"): a writer process of
+one consumer's own (the relay of :mod:`marketstream.store.relay`), fed the
+records undecoded so that this process only parses. It freed the parser's GIL
+(main-thread samples 5.2 s → ~2.5 s for 300,000 ticks) but cost ~1 s to start,
+1-2 us more CPU a tick (a second interpreter, pickling both ways) and ~250 MB
+more resident, and on 2 shared cores its rate was no better (interleaved in one
+run: 0.37/0.60/0.50x the ceiling against 0.67/0.61/0.57x for this writer thread;
+in another 0.35/0.47x against 0.65/0.88x once the store's insert was cheaper).
 """
 
 from __future__ import annotations

@@ -43,3 +43,43 @@ def test_soak_sampler_reads_an_exited_consumer_as_no_sample():
     assert _rss(process) is None
     proc.wait()
     assert _rss(psutil.Process()) > 0
+
+
+def _sample(rate: float, cpu_s: float, messages: int = 1_000, **extra: float) -> dict:
+    return {"rate": rate, "cpu_s": cpu_s, "messages": messages, "peak_rss_mb": 200.0, **extra}
+
+
+def test_peer_row_and_per_tick_cpu_come_from_the_best_runs():
+    from marketstream.bench.report import _cpu_and_peers, _peer_rows
+
+    pair = {
+        "ceiling": [_sample(100.0, 0.006), _sample(120.0, 0.005)],
+        "consume": [_sample(90.0, 0.012, children_peak_rss_mb=0.0), _sample(60.0, 0.02)],
+        "quix": [_sample(75.0, 0.02)],
+    }
+    figures = _cpu_and_peers(pair)
+    assert math.isclose(figures["consume_cpu_us_per_tick"], 12.0)
+    assert math.isclose(figures["ceiling_cpu_us_per_tick"], 5.0)
+    assert math.isclose(figures["consume_cpu_vs_ceiling"], 2.4)
+    assert math.isclose(figures["quix_vs_ceiling"], 75 / 120)
+    assert math.isclose(figures["consume_vs_quix"], 90 / 75)
+    rows = dict((name, (value, note)) for name, value, note in _peer_rows(figures))
+    assert rows["peer: Quix Streams -> DuckDB (batching sink)"][0] == "75 ticks/s"
+    assert (
+        "2.40x the bare client's 5.0 us" in rows["CPU per tick (all the consumer's processes)"][1]
+    )
+
+
+def test_without_quixstreams_the_peer_row_says_it_was_skipped():
+    from marketstream.bench.phases import QUIX_MISSING
+    from marketstream.bench.report import _cpu_and_peers, _peer_rows
+
+    pair = {
+        "ceiling": [_sample(100.0, 0.006)],
+        "consume": [_sample(90.0, 0.012)],
+        "quix_skipped": QUIX_MISSING,
+    }
+    figures = _cpu_and_peers(pair)
+    assert "quix_rate" not in figures
+    [skipped] = [r for r in _peer_rows(figures) if r[0].startswith("peer")]
+    assert skipped[1] == "skipped" and "quixstreams is not installed" in skipped[2]

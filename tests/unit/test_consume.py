@@ -299,3 +299,23 @@ def test_a_refused_kafka_commit_is_logged_recorded_and_shown(settings):
     report = store.stats(settings.db_path)
     assert (report["runs"], report["lost_commits"], report["conflicts"]) == (1, 2, 0)
     assert "2 Kafka commits refused" in store.render_stats(report)
+
+
+def test_ticks_produced_twice_are_stored_once_by_the_careful_insert(settings):
+    """Most batches take the plain ``INSERT``; a batch with a key already stored, or
+    with the same tick twice, fails it and is stored again with ``INSERT OR IGNORE``
+    in a new transaction: its new rows land once, its positions move, and the
+    count of rows added is exact (store/files.py, ``FileWriter._transaction``)."""
+    FakeConsumer.instances.clear()
+    ticks = generate_ticks(("SP500", "DAX"), 100, seed=5)
+    first = records_for(ticks[:150], topic="t")
+    # re-produced: 20 ticks already stored, 10 new ones twice in the same poll
+    again = records_for([*ticks[130:150], *ticks[150:160], *ticks[150:160]], offset0=150)
+    rest = records_for(ticks[160:], offset0=190)
+    run = consume(settings, progress=False, clients=fake_clients([first, again, rest]))
+    assert (run.messages_processed, run.rows_inserted) == (150 + 40 + 40, 200)
+    assert run.duplicates == 30 and run.behind == 0
+    assert store.tick_count(settings.db_path) == 200
+    [consumer] = FakeConsumer.instances
+    stored = {key: at for key, (at, _) in store.partition_positions(settings.db_path).items()}
+    assert stored == {(tp.topic, tp.partition): o for tp, o in consumer.ends.items()}

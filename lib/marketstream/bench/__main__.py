@@ -17,6 +17,7 @@ KINDS: dict[str, WorkerFn] = {
     "consume": consumers.consume,
     "live": consumers.live,
     "naive": consumers.naive,
+    "quix": consumers.quix,
     "load": load.python_load,
 }
 

@@ -157,3 +157,71 @@ def naive(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -
         con.close()
     elapsed = time.perf_counter() - started
     return {"messages": got, "elapsed_s": elapsed, "rate": got / elapsed}
+
+
+def quix(settings: Settings, cfg: dict, stop: threading.Event, emit: Emitter) -> dict:
+    """A peer: Quix Streams (librdkafka underneath) with a batching DuckDB sink.
+
+    The same topic and table (its primary key included: ``INSERT OR IGNORE``, as
+    ours), one insert per Quix checkpoint and partition (its default commit
+    interval, 5 s), offsets committed by Quix after the sink has flushed. It does
+    less than ours: no dead letters and no validation beyond JSON, no stream
+    positions in the store's transaction (its exactly-once rests on Kafka's
+    commit alone). Plaintext brokers only: the kit's security settings are not
+    translated to librdkafka's. Needs ``quixstreams`` (bench/README.md, Peers).
+    """
+    import duckdb
+    import pyarrow as pa
+    from quixstreams import Application
+    from quixstreams.sinks import BatchingSink, SinkBatch
+
+    from marketstream import store
+
+    n = int(cfg["n"])
+    store.init_db(settings.db_path)
+    con = duckdb.connect(str(settings.db_path))
+    done = 0
+
+    class DuckDBSink(BatchingSink):
+        def write(self, batch: SinkBatch) -> None:
+            nonlocal done
+            items = list(batch)
+            values = [item.value for item in items]
+            received = datetime.now(UTC).replace(tzinfo=None)
+            table = pa.table(
+                {
+                    "symbol": pa.array([v["symbol"] for v in values], pa.string()),
+                    "event_time": pa.array([v["timestamp"] for v in values], pa.string())
+                    .cast(pa.timestamp("us", "UTC"))
+                    .cast(pa.timestamp("us")),
+                    "price": pa.array([v["price"] for v in values], pa.float64()),
+                    "volume": pa.array([v["volume"] for v in values], pa.int64()),
+                    "topic": pa.array([batch.topic] * len(items), pa.string()),
+                    "partition": pa.array([batch.partition] * len(items), pa.int32()),
+                    "offset": pa.array([item.offset for item in items], pa.int64()),
+                    "received_at": pa.array([received] * len(items), pa.timestamp("us")),
+                }
+            )
+            con.register("quix_batch", table)
+            con.execute("INSERT OR IGNORE INTO market_ticks SELECT * FROM quix_batch").fetchall()
+            con.unregister("quix_batch")
+            done += len(items)
+            emit.progress(done)
+
+    emit("ready")
+    started = time.perf_counter()
+    app = Application(
+        broker_address=settings.bootstrap_servers,
+        consumer_group=settings.consumer_group,
+        auto_offset_reset="earliest",
+        loglevel="WARNING",
+        state_dir=str(settings.db_path.parent / "quix-state"),
+    )
+    topic = app.topic(settings.topic, value_deserializer="json")
+    app.dataframe(topic).sink(DuckDBSink())
+    try:
+        app.run(count=n, timeout=IDLE_TIMEOUT_S)
+    finally:
+        con.close()
+    elapsed = time.perf_counter() - started
+    return {"messages": done, "elapsed_s": elapsed, "rate": done / elapsed}

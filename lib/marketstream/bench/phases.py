@@ -46,10 +46,29 @@ def produce(run: BenchRun, ticks: list[Tick]) -> dict[str, Any]:
     return {"sent": summary.sent, "elapsed_s": summary.elapsed_s, "rate": summary.rate}
 
 
+#: Why the Quix peer row is missing, when it is (None: it runs).
+QUIX_MISSING = (
+    "quixstreams is not installed in this interpreter, so the Quix Streams row is skipped "
+    "(bench/README.md, Peers: a separate venv with quixstreams==3.28.1, which wants "
+    "confluent-kafka < 2.13 where the dev extra pins 2.16.1)"
+)
+
+
+def quix_missing() -> str | None:
+    """Why the Quix peer cannot run here, or None if it can."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("quixstreams") is not None else QUIX_MISSING
+
+
 def ceiling_and_consume(run: BenchRun) -> dict[str, Any]:
-    """Bare client and our consumer on the same topic, interleaved ``repeats`` times."""
+    """Bare client, our consumer and the peers on the same topic, interleaved ``repeats``
+    times (the Quix Streams peer only where ``quixstreams`` is installed)."""
     n = run.plan.n_ticks
-    ceilings, consumes = [], []
+    ceilings, consumes, quix = [], [], []
+    skipped = quix_missing()
+    if skipped and run.progress:
+        print(skipped)
     for rep in range(run.plan.repeats):
         ceiling = run.run_worker(
             "ceiling",
@@ -74,7 +93,23 @@ def ceiling_and_consume(run: BenchRun) -> dict[str, Any]:
         consumes.append(consumed)
         if rep:  # keep the first file: the API phase starts from it
             store.remove_db(db)
-    return {"ceiling": ceilings, "consume": consumes}
+        if skipped is None:
+            db = run.work / f"quix-{rep}.duckdb"
+            peer = run.run_worker(
+                "quix",
+                run.settings_for(
+                    "main", consumer_group=f"bench-{run.run_id}-quix-{rep}", db_path=db
+                ),
+                f"Quix Streams->DuckDB {rep + 1}/{run.plan.repeats}",
+                n,
+                n=n,
+            )
+            if peer["messages"] != n:
+                raise BenchError(f"the Quix peer stored {peer['messages']} of {n} ticks")
+            quix.append(peer)
+            store.remove_db(db)
+    peers: dict[str, Any] = {"quix": quix} if skipped is None else {"quix_skipped": skipped}
+    return {"ceiling": ceilings, "consume": consumes, **peers}
 
 
 def baseline(run: BenchRun) -> dict[str, Any]:

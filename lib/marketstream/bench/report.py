@@ -32,7 +32,16 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("kafka-python", "duckdb", "pyarrow", "orjson", "crc32c", "marketstream"):
+    for name in (
+        "kafka-python",
+        "duckdb",
+        "pyarrow",
+        "orjson",
+        "crc32c",
+        "marketstream",
+        "quixstreams",  # the peer row's, where installed
+        "confluent-kafka",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -91,6 +100,7 @@ def summarize(plan: Plan, settings: Settings, phases: dict[str, Any]) -> dict[st
         "api_errors": phases["api"]["errors"],
         "api_concurrency": plan.concurrency,
         "consumer_base_rss_mb": min(s["base_rss_mb"] for s in pair["consume"]),
+        **_cpu_and_peers(pair),
     }
     result["targets"] = {
         key: {"bound": f"{op} {bound:g}", "value": result[key], "met": met(result[key], op, bound)}
@@ -117,6 +127,74 @@ def summarize(plan: Plan, settings: Settings, phases: dict[str, Any]) -> dict[st
     return result
 
 
+def _best(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(samples, key=lambda s: s["rate"])
+
+
+def _cpu_us(sample: dict[str, Any]) -> float | None:
+    """CPU microseconds per message of one worker's run (its ended children counted)."""
+    if not sample.get("messages") or "cpu_s" not in sample:
+        return None
+    return sample["cpu_s"] / sample["messages"] * 1e6
+
+
+def _cpu_and_peers(pair: dict[str, Any]) -> dict[str, Any]:
+    """Per-tick CPU of the best consume and ceiling runs, and the peers' figures.
+
+    CPU per tick is each worker process's own ``getrusage`` (user + system, all
+    threads, and any child it waited for: a writer process of its own), from after
+    its imports to its end; the issue's bound is consume ≤ 2× the bare client.
+    """
+    consume, ceiling = _cpu_us(_best(pair["consume"])), _cpu_us(_best(pair["ceiling"]))
+    out: dict[str, Any] = {
+        "consume_cpu_us_per_tick": consume,
+        "ceiling_cpu_us_per_tick": ceiling,
+        "consume_cpu_vs_ceiling": consume / ceiling if consume and ceiling else None,
+        "consumer_children_peak_rss_mb": max(
+            s.get("children_peak_rss_mb", 0.0) for s in pair["consume"]
+        ),
+    }
+    if pair.get("quix"):
+        quix = _best(pair["quix"])
+        ceiling_rate = _best(pair["ceiling"])["rate"]
+        out |= {
+            "quix_rate": quix["rate"],
+            "quix_vs_ceiling": quix["rate"] / ceiling_rate,
+            "consume_vs_quix": _best(pair["consume"])["rate"] / quix["rate"],
+            "quix_cpu_us_per_tick": _cpu_us(quix),
+            "quix_peak_rss_mb": max(s["peak_rss_mb"] for s in pair["quix"]),
+        }
+    else:
+        out["quix_skipped"] = pair.get("quix_skipped", "not run")
+    return out
+
+
+def _peer_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The peers' and the CPU rows of the table (absent figures: older results)."""
+    rows: list[tuple[str, str, str]] = []
+    if result.get("quix_rate"):
+        rows.append(
+            (
+                "peer: Quix Streams -> DuckDB (batching sink)",
+                f"{result['quix_rate']:,.0f} ticks/s",
+                f"{result['quix_vs_ceiling']:.0%} of ceiling; consume is "
+                f"{result['consume_vs_quix']:.2f}x it",
+            )
+        )
+    elif result.get("quix_skipped"):
+        rows.append(("peer: Quix Streams -> DuckDB", "skipped", result["quix_skipped"]))
+    if result.get("consume_cpu_vs_ceiling"):
+        rows.append(
+            (
+                "CPU per tick (all the consumer's processes)",
+                f"{result['consume_cpu_us_per_tick']:.1f} us",
+                f"{result['consume_cpu_vs_ceiling']:.2f}x the bare client's "
+                f"{result['ceiling_cpu_us_per_tick']:.1f} us (issue's bound: <= 2x)",
+            )
+        )
+    return rows
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The figures as a plain-text table for the terminal (and the README)."""
 
@@ -136,6 +214,7 @@ def format_table(result: dict[str, Any]) -> str:
             rate(result["consume_rate"]),
             f"{result['consume_vs_ceiling']:.0%} of ceiling; {verdict('consume_vs_ceiling')}",
         ),
+        *_peer_rows(result),
         (
             f"naive baseline (per-message INSERT, {result['baseline_n']:,} ticks)",
             rate(result["baseline_rate"]),

@@ -73,11 +73,24 @@ WorkerFn = Callable[[Settings, dict[str, Any], threading.Event, Emitter], dict[s
 
 
 def cpu_s() -> float:
-    """CPU seconds (user + system) this process has used, all threads."""
+    """CPU seconds (user + system) this process and its ended children have used, all
+    threads: a child a consumer starts and waits for (a writer process of its own, as
+    issue 20 measured one) counts, so per-tick CPU compares whole consumers."""
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def children_rss_peak_mb() -> float:
+    """The largest peak RSS of this process's ended children (0: none)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def rss_peak_mb() -> float:
@@ -107,7 +120,13 @@ def worker_main(kind: str, kinds: Mapping[str, WorkerFn]) -> int:
     cpu = cpu_s()
     result = kinds[kind](settings, config, stop, emit)
     result["cpu_s"] = cpu_s() - cpu
-    emit("result", **result, peak_rss_mb=rss_peak_mb(), base_rss_mb=base_rss)
+    emit(
+        "result",
+        **result,
+        peak_rss_mb=rss_peak_mb(),
+        base_rss_mb=base_rss,
+        children_peak_rss_mb=children_rss_peak_mb(),
+    )
     return 0
 
 
