@@ -61,6 +61,7 @@ __all__ = [
     "claim_address",
     "log_size",
     "log_tail",
+    "read_since",
     "reap",
     "running_pid",
     "start_server",
@@ -100,6 +101,9 @@ class ServerSpec:
     poll_s: float = POLL_S
     #: None: the server keeps its own pid file (PostgreSQL's ``postmaster.pid``).
     pid_name: str | None = "server.pid"
+    #: What a refused address's error ends with: the setting to change and how
+    #: (a broker's ``set KAFKA_BOOTSTRAP_SERVERS=localhost:<a free port>``); empty: generic.
+    hint: str = ""
 
     @property
     def log_path(self) -> Path:
@@ -129,14 +133,15 @@ def claim_address(host: str, port: int | None, spec: ServerSpec) -> int:
     if not is_local_address(host):
         raise spec.error(
             f"cannot start {spec.name} on {host}: it is not an address of this machine; "
-            f"use 127.0.0.1"
+            f"{spec.hint or 'use 127.0.0.1'}"
         )
     if not port:
         return free_port(host)
     if not can_bind(host, port):
+        fix = spec.hint or "stop that program, or give another port (0 picks a free one)"
         raise spec.error(
             f"port {port} on {host} is taken by another program, so {spec.name} cannot "
-            f"listen there; stop that program, or give another port (0 picks a free one)"
+            f"listen there; {fix}"
         )
     return port
 
@@ -152,14 +157,22 @@ def log_size(path: Path) -> int:
         return 0
 
 
-def log_tail(path: Path, since: int = 0, lines: int = 6, max_bytes: int = 64_000) -> str:
-    """The last non-empty lines logged since offset ``since``, on one line."""
+def read_since(path: Path, since: int = 0, max_bytes: int = 64_000) -> str | None:
+    """What was logged after offset ``since`` (at most the last ``max_bytes``); None if
+    there is no log."""
     try:
         with path.open("rb") as handle:
             size = path.stat().st_size
             handle.seek(max(0, size - max_bytes, since if since <= size else 0))
-            text = handle.read().decode("utf-8", "replace")
+            return handle.read().decode("utf-8", "replace")
     except OSError:
+        return None
+
+
+def log_tail(path: Path, since: int = 0, lines: int = 6, max_bytes: int = 64_000) -> str:
+    """The last non-empty lines logged since offset ``since``, on one line."""
+    text = read_since(path, since, max_bytes)
+    if text is None:
         return "(no log)"
     kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept) or "(nothing logged)"
@@ -269,12 +282,18 @@ def wait_ready(
     *,
     since: int = 0,
     where: str = "",
+    explain: Callable[[], str] | None = None,
+    full_log: Path | None = None,
 ) -> None:
     """Poll ``probe`` until it is true; stop the server and raise if it exits or times out.
 
     ``since`` is the log's size before this start (:func:`log_size`): the error
     quotes only what this start logged. ``where`` names the address for people.
+    ``explain`` says why instead of the log's tail (a Kafka broker's reason is in
+    its own log, picked out of a JVM's noise), and ``full_log`` is the log to read.
     """
+    why_now = explain or (lambda: log_tail(spec.log_path, since))
+    full_log = full_log or spec.log_path
     child = _CHILDREN.get(pid)
     deadline = time.monotonic() + timeout_s
     try:
@@ -287,18 +306,17 @@ def wait_ready(
                     child.close_log()
                 spec.forget_pid()
                 raise spec.error(
-                    f"{spec.name} exited{code} during start-up: "
-                    f"{log_tail(spec.log_path, since)}; full log: {spec.log_path}"
+                    f"{spec.name} exited{code} during start-up: {why_now()}; full log: {full_log}"
                 )
             if probe():
                 return
             if time.monotonic() > deadline:
-                why = log_tail(spec.log_path, since)  # before stopping, which logs more
+                why = why_now()  # before stopping, which logs more
                 stop_pid(pid, spec)
                 raise spec.error(
                     f"{spec.name} (pid {pid}) did not answer{' at ' + where if where else ''} "
                     f"within {timeout_s:g} s and was stopped (last log lines: {why}); "
-                    f"full log: {spec.log_path}"
+                    f"full log: {full_log}"
                 )
             time.sleep(spec.poll_s)
     except BaseException:  # KeyboardInterrupt too: never leave a half-started server

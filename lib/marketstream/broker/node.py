@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
+from marketstream import servers
 from marketstream.addresses import join_host_port, server_list, split_host_port
 from marketstream.broker.config import (
     excerpt,
@@ -41,7 +39,7 @@ from marketstream.broker.jars import fetch_kafka, file_lock, find_java, java_com
 from marketstream.broker.security import ListenerSecurity, scram_arguments
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.errors import BrokerError, SettingsError
-from marketstream.processes import can_bind, free_port, is_local_address, terminate
+from marketstream.processes import can_bind, free_port
 from marketstream.settings import Settings
 
 #: Heap kept small on purpose: the demo machine has 2 cores and also runs
@@ -64,11 +62,28 @@ RUN_DIR_PROPERTY = "-Dmarketstream.run_dir="
 #: Seconds Kafka gets for its clean shutdown before SIGKILL.
 STOP_TIMEOUT_S = 30.0
 
-#: JVMs started by this Python process, so that stopping one also reaps it. Only
-#: the ``Popen`` may reap a child: waiting on a bare pid would leave the ``Popen``
-#: to reap a recycled pid later. Process-wide because the JVM is, and private:
-#: nothing outside this module reads or replaces it.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+#: Between readiness probes: each asks Kafka for its metadata (up to 2 s).
+PROBE_EVERY_S = 0.5
+
+
+def server_spec(run_dir: Path) -> servers.ServerSpec:
+    """The broker of ``run_dir`` for the kit's one server lifecycle (:mod:`marketstream.servers`:
+    its pid file, how it is recognised, how it is stopped, what a refused address says).
+
+    The JVM's stdout is ``broker.out``; Kafka's own log is ``server.log``, which is what
+    a failed start quotes (:func:`_broker_excerpt`)."""
+    run_dir = run_dir.resolve()
+    return servers.ServerSpec(
+        name="the Kafka broker",
+        run_dir=run_dir,
+        marker=f"{RUN_DIR_PROPERTY}{run_dir}",
+        error=BrokerError,
+        grace_s=STOP_TIMEOUT_S,
+        log_name="broker.out",
+        poll_s=PROBE_EVERY_S,
+        pid_name="broker.pid",
+        hint=f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()} for a local broker",
+    )
 
 
 @dataclass
@@ -115,79 +130,31 @@ def default_run_dir(settings: Settings) -> Path:
     return settings.kafka_home / "run" / str(settings.bootstrap_host_port[1])
 
 
-def _pid_file(run_dir: Path) -> Path:
-    return run_dir / "broker.pid"
-
-
 def _log_file(run_dir: Path) -> Path:
+    """Kafka's own log (log4j), beside the JVM's stdout (``broker.out``)."""
     return run_dir / "server.log"
-
-
-def _out_file(run_dir: Path) -> Path:
-    return run_dir / "broker.out"
-
-
-def _tail(path: Path, max_bytes: int = 64_000, since: int = 0) -> str:
-    try:
-        with path.open("rb") as handle:
-            size = path.stat().st_size
-            handle.seek(max(0, size - max_bytes, since if since <= size else 0))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def _broker_excerpt(run_dir: Path, log_offset: int = 0) -> str:
     """Why the broker failed: the JVM's own output (bad class path, old Java), then the
     lines Kafka logged since log_offset (this start, not earlier ones)."""
-    text = _tail(_out_file(run_dir)) + "\n" + _tail(_log_file(run_dir), since=log_offset)
-    return excerpt(text) or "(no log output)"
+    out = servers.read_since(server_spec(run_dir).log_path) or ""
+    logged = servers.read_since(_log_file(run_dir), since=log_offset) or ""
+    return excerpt(out + "\n" + logged) or "(no log output)"
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _is_broker_of(proc: psutil.Process, run_dir: Path) -> bool:
-    """Is proc a live Kafka JVM started for run_dir (guards against recycled pids)?"""
-    try:
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return KAFKA_MAIN in cmdline and f"{RUN_DIR_PROPERTY}{run_dir.resolve()}" in cmdline
-
-
 def running_broker_pids(run_dir: Path) -> list[int]:
     """Pids of every live Kafka JVM started for run_dir (pid file or not)."""
-    marker = f"{RUN_DIR_PROPERTY}{run_dir.resolve()}"
-    pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if marker in cmdline and _is_broker_of(proc, run_dir):
-            pids.append(proc.pid)
-    return pids
+    return servers.running_pids(server_spec(run_dir))
 
 
 def _managed_pid(run_dir: Path) -> int | None:
     """The pid of our live broker for run_dir: from the pid file if that process is still
     our broker, else found by its command line (and the pid file written again)."""
-    with contextlib.suppress(OSError, ValueError, psutil.NoSuchProcess):
-        pid = int(_pid_file(run_dir).read_text(encoding="utf-8").strip())
-        if _is_broker_of(psutil.Process(pid), run_dir):
-            return pid
-    pids = running_broker_pids(run_dir)
-    if not pids:
-        return None
-    with contextlib.suppress(OSError):
-        _pid_file(run_dir).write_text(f"{pids[0]}\n", encoding="utf-8")
-    return pids[0]
-
-
-def _stop_pid(pid: int) -> None:
-    """SIGTERM (Kafka's clean shutdown), SIGKILL after STOP_TIMEOUT_S; our own child is reaped."""
-    child = _CHILDREN.pop(pid, None)
-    terminate(child if child is not None else pid, STOP_TIMEOUT_S, name="Kafka broker")
+    return servers.running_pid(server_spec(run_dir))
 
 
 # --------------------------------------------------------------------------- start
@@ -278,27 +245,16 @@ def _wait_ready(
     log_offset: int,
     clients: KafkaClients,
 ) -> None:
-    """Block until the broker answers; raise (after stopping it) if it dies or times out."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        code = proc.poll() if proc is not None else None
-        if code is not None or (proc is None and _managed_pid(run_dir) is None):
-            _CHILDREN.pop(pid, None)
-            _pid_file(run_dir).unlink(missing_ok=True)
-            how = f" with code {code}" if code is not None else ""
-            raise BrokerError(
-                f"the Kafka broker exited{how} during start-up: "
-                f"{_broker_excerpt(run_dir, log_offset)}; full log: {_log_file(run_dir)}"
-            )
-        if clients.reachable(settings, timeout_s=2.0):
-            return
-        time.sleep(0.5)
-    why = _broker_excerpt(run_dir, log_offset)  # before stopping, which logs a lot
-    _stop_pid(pid)
-    _pid_file(run_dir).unlink(missing_ok=True)
-    raise BrokerError(
-        f"the Kafka broker did not answer at {settings.bootstrap_servers} within {wait_s:g} s "
-        f"and was stopped (last log lines: {why}); full log: {_log_file(run_dir)}"
+    """Block until the broker answers; raise (after stopping it) if it dies or times out
+    (:func:`marketstream.servers.wait_ready`, quoting Kafka's own log)."""
+    servers.wait_ready(
+        server_spec(run_dir),
+        pid,
+        lambda: clients.reachable(settings, timeout_s=2.0),
+        wait_s,
+        where=settings.bootstrap_servers,
+        explain=lambda: _broker_excerpt(run_dir, log_offset),
+        full_log=_log_file(run_dir),
     )
 
 
@@ -394,19 +350,14 @@ def _prepare(
 
 
 def _spawn(cmd: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
-    """Start the JVM detached, output to ``broker.out``, and record its pid."""
-    with _out_file(run_dir).open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-            start_new_session=True,  # Ctrl-C in a notebook or CLI must not hit the JVM
-        )
-    _CHILDREN[proc.pid] = proc
-    _pid_file(run_dir).write_text(f"{proc.pid}\n", encoding="utf-8")
-    return proc
+    """Start the JVM detached (own session: Ctrl-C in a notebook or CLI must not hit it;
+    kept: it outlives its caller until :func:`stop_broker`), output to ``broker.out``
+    (this start's only), its pid recorded."""
+    spec = server_spec(run_dir)
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    spec.log_path.write_bytes(b"")  # a failed start quotes this start's output
+    child = servers.start_server(spec, cmd, os.environ, keep=True, cwd=run_dir)
+    return child.proc
 
 
 def start_broker(
@@ -443,29 +394,15 @@ def start_broker(
     with file_lock(run_dir / ".start.lock"):
         pid = _managed_pid(run_dir)
         if pid is not None:  # started by another call and still booting
-            _wait_ready(settings, pid, run_dir, wait_s, _CHILDREN.get(pid), 0, clients)
+            _wait_ready(settings, pid, run_dir, wait_s, None, 0, clients)
             return broker_status(settings, run_dir=run_dir, clients=clients)
-        if not is_local_address(host):
-            raise BrokerError(
-                f"cannot start a broker for {host}:{port}: {host} is not an address of this "
-                f"machine; set KAFKA_BOOTSTRAP_SERVERS=localhost:{port} for a local broker"
-            )
-        if not can_bind(host, port):
-            raise BrokerError(
-                f"port {port} is in use by another program that does not speak Kafka; "
-                f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}"
-            )
+        # it answers no Kafka request (above), so whatever holds the port is not Kafka
+        servers.claim_address(host, port, server_spec(run_dir))
         cmd = _prepare(settings, run_dir, say, security)
-        log_file = _log_file(run_dir)
-        log_offset = log_file.stat().st_size if log_file.is_file() else 0  # after the format
+        log_offset = servers.log_size(_log_file(run_dir))  # after the format
         proc = _spawn(cmd, run_dir)
-        try:
-            _wait_ready(settings, proc.pid, run_dir, wait_s, proc, log_offset, clients)
-        except BaseException:  # KeyboardInterrupt too: never leave a half-started JVM
-            if proc.poll() is None:
-                _stop_pid(proc.pid)
-                _pid_file(run_dir).unlink(missing_ok=True)
-            raise
+        # wait_ready stops a JVM that dies, times out or is interrupted (never half-started)
+        _wait_ready(settings, proc.pid, run_dir, wait_s, proc, log_offset, clients)
         return broker_status(settings, run_dir=run_dir, clients=clients)
 
 
@@ -479,14 +416,7 @@ def stop_broker(settings: Settings, *, run_dir: Path | None = None) -> bool:
     True if a broker was stopped; a broker not started by us is never touched.
     """
     run_dir = (run_dir or default_run_dir(settings)).resolve()
-    pids = set(running_broker_pids(run_dir))
-    managed = _managed_pid(run_dir)
-    if managed is not None:
-        pids.add(managed)
-    for pid in sorted(pids):
-        _stop_pid(pid)
-    _pid_file(run_dir).unlink(missing_ok=True)
-    return bool(pids)
+    return servers.stop_server(server_spec(run_dir))
 
 
 def broker_status(
