@@ -21,7 +21,6 @@ workers, ~15-50 ms with one). ``--workers`` adds more where cores are spare.
 from __future__ import annotations
 
 import argparse
-import errno
 import multiprocessing
 import os
 import signal
@@ -29,11 +28,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from marketstream import store
+from marketstream import servers, store
 from marketstream.addresses import connect_host, join_host_port
 from marketstream.errors import MarketstreamError
-from marketstream.processes import can_bind, free_port, is_local_address, port_open
+from marketstream.processes import port_open
 from marketstream.settings import Settings, SettingsError
 
 #: Worker processes: one, see above; one worker serves far more than Grafana asks.
@@ -45,19 +45,24 @@ WSGI_APP = "marketstream_api.wsgi:app"
 WSGI_ORIGINAL_PATHS_APP = "marketstream_api.wsgi:original_paths_app"
 
 
+#: The API for the kit's one address rule (:func:`marketstream.servers.claim_address`);
+#: granian runs it, so only the rule is shared, not the lifecycle.
+API_SERVER = servers.ServerSpec(
+    name="the API",
+    run_dir=Path(),
+    marker="",
+    error=SettingsError,
+    hint="set MARKET_API_HOST / MARKET_API_PORT, or pass --host / --port (0 picks a free one)",
+)
+
+
 def claim_port(host: str, port: int) -> int:
     """Check that ``host:port`` can be bound (port 0: find a free one) and return the port.
 
     Granian binds in its own process; checking first turns a taken port into
     one clear line instead of a worker traceback.
     """
-    if not is_local_address(host):
-        raise OSError(errno.EADDRNOTAVAIL, f"{host} is not an address of this machine")
-    if port == 0:
-        return free_port(host)
-    if not can_bind(host, port):
-        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
-    return port
+    return servers.claim_address(host, port, API_SERVER)
 
 
 def _announce_when_listening(host: str, port: int, line: str, timeout_s: float = 60.0) -> None:

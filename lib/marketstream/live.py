@@ -53,11 +53,7 @@ STATUS_EVERY_S = 10.0
 #: disconnected for 120 s, checked every 30 s: Voila 0.5.13 cannot shut a closed
 #: page's kernel down (its unload request lacks an XSRF token), so without culling every
 #: closed tab keeps a kernel until the server stops (each ~140 MB: measured here, the RSS
-#: of a process holding what the page imports). It also keeps one kernel pre-heated: it
-#: has run the page's notebook before a visitor asks, so the page comes at once (curl:
-#: 4.5-4.9 s of kernel start, imports and the notebook's run became 0.02 s); the page's
-#: refresh loop waits for a first browser view before it can be orphaned
-#: (:attr:`marketstream.livepage.LivePage.orphaned`).
+#: of a process holding what the page imports).
 VOILA_CONFIG = resources.notebook_dir() / "voila.json"
 
 # --------------------------------------------------------------------------- producer
@@ -205,9 +201,8 @@ def voila_command(settings: Settings, notebook: Path = LIVE_NOTEBOOK) -> list[st
         "--no-browser",
         "--Voila.ip=127.0.0.1",
         "--show_tracebacks=True",
-        # Kernel culling and a pre-heated kernel (see VOILA_CONFIG): the page stops
-        # refreshing without a browser (livepage.ORPHAN_AFTER_S), and the server then culls
-        # the idle kernel; the next visitor's kernel has run the notebook already.
+        # Kernel culling (see VOILA_CONFIG): the page stops refreshing without a browser
+        # (livepage.ORPHAN_AFTER_S), and the server then culls the idle kernel.
         f"--Voila.config_file_paths={VOILA_CONFIG.parent}",
     ]
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import html
 import itertools
 import threading
@@ -263,12 +262,6 @@ class LivePage:
         self._task: asyncio.Task[None] | None = None
         self._seen_at = time.monotonic()
         self._new_view = False
-        #: a browser view has existed (before one, the page is not orphaned: a Voila
-        #: kernel pre-heated for the next visitor has none yet)
-        self._viewed = False
-        #: set to cut the loop's wait short (a view appeared: draw for it now)
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.figure.observe(self._on_frontend, names=list(_FRONTEND_TRAITS))
         self.figure.observe(self._on_view_count, names=["_view_count"])
 
@@ -291,10 +284,6 @@ class LivePage:
         """
         if (change["new"] or 0) > (change["old"] or 0):
             self._new_view = True
-            self._viewed = True
-            self._seen_at = time.monotonic()
-            if self._loop is not None and self._wake is not None:  # draw for it now
-                self._loop.call_soon_threadsafe(self._wake.set)
 
     @property
     def orphaned(self) -> bool:
@@ -306,8 +295,6 @@ class LivePage:
         store and keep the kernel busy for ever; stopping lets the server
         cull the idle kernel.
         """
-        if not self._viewed:
-            return False
         return time.monotonic() - self._seen_at > self.orphan_after_s
 
     # ------------------------------------------------------------------ traces
@@ -395,12 +382,9 @@ class LivePage:
     async def _loop_async(self, max_refreshes: int | None) -> None:
         done, next_at = 0, time.monotonic()
         self._seen_at = next_at
-        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         while (max_refreshes is None or done < max_refreshes) and not self._stop.is_set():
             next_at += self.refresh_s
-            with contextlib.suppress(TimeoutError):  # woken early: a view appeared
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - time.monotonic()))
-            self._wake.clear()
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             if self.orphaned:
                 self.status.value = paused_html(self.orphan_after_s)
                 return

@@ -7,6 +7,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,3 +133,25 @@ def test_original_paths_serve_the_original_kit_s_shape_at_its_own_paths(tmp_path
         proc.stdout.close()
         proc.stderr.close()
     assert returncode == 0
+
+
+def test_a_taken_port_is_one_line_from_the_kits_address_rule(tmp_path) -> None:
+    """The API claims its address by the rule every local server follows
+    (:func:`marketstream.servers.claim_address`), with its own settings as the fix."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        db = str(tmp_path / "m.duckdb")
+        done = subprocess.run(
+            [sys.executable, "-m", "marketstream_api.serve", "--port", str(port), "--db", db],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is taken by another program, so the API cannot "
+        "listen there; set MARKET_API_HOST / MARKET_API_PORT, or pass --host / --port "
+        "(0 picks a free one)"
+    ]

@@ -245,7 +245,7 @@ def test_a_taken_port_starts_no_node(tmp_path: Path, squatter: int) -> None:
     with pytest.raises(BrokerError) as caught:
         cluster.start_cluster(settings)
     message = str(caught.value)
-    assert f"port {squatter} (node 2 of the cluster) is in use" in message
+    assert f"port {squatter} on 127.0.0.1 is taken by another program, so node 2 of the " in message
     assert "\n" not in message
     cluster_dir = cluster.default_cluster_dir(settings)
     assert not list(cluster_dir.glob("node-*"))  # checked before any node was prepared

@@ -56,10 +56,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from marketstream import servers
 from marketstream.addresses import join_host_port
 from marketstream.broker.config import (
     is_valid_cluster_id,
@@ -79,6 +80,7 @@ from marketstream.broker.node import (
     _wait_ready,
     broker_status,
     running_broker_pids,
+    server_spec,
     stop_broker,
 )
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients, _quiet_kafka_logging
@@ -442,20 +444,30 @@ def _spec_for(settings: Settings, cluster_dir: Path, nodes: int | None) -> Clust
 
 
 def _check_ports(spec: ClusterSpec, node: NodeSpec, cluster_dir: Path) -> None:
-    """Both ports of a node about to start must be free (one line naming the fix if not)."""
+    """Both ports of a node about to start must be free (one line naming the fix if not):
+    the kit's one address rule (:func:`marketstream.servers.claim_address`)."""
     bind = listener_hosts(spec.host)[0]
-    if not can_bind(bind, node.port):
-        raise BrokerError(
-            f"port {node.port} (node {node.node_id} of the cluster) is in use: a single broker "
-            "(`marketstream broker down` stops one of ours) or another program; or start the "
-            f"cluster elsewhere, e.g. KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}"
-        )
-    if not can_bind(bind, node.controller_port):
-        raise BrokerError(
-            f"controller port {node.controller_port} of node {node.node_id} (kept in "
-            f"{cluster_dir / SPEC_FILE}) is in use by another program; stop it, or delete "
-            f"{cluster_dir} to start a new cluster"
-        )
+    server = server_spec(_node_dir(cluster_dir, node.node_id))
+    servers.claim_address(
+        bind,
+        node.port,
+        replace(
+            server,
+            name=f"node {node.node_id} of the cluster",
+            hint="it may be a single broker (`marketstream broker down` stops one of ours); "
+            f"or start the cluster elsewhere, e.g. KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}",
+        ),
+    )
+    servers.claim_address(
+        bind,
+        node.controller_port,
+        replace(
+            server,
+            name=f"the controller of node {node.node_id} (its port kept in "
+            f"{cluster_dir / SPEC_FILE})",
+            hint=f"stop that program, or delete {cluster_dir} to start a new cluster",
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- start
