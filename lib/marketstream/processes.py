@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ STOP_GRACE_S = 10.0
 
 #: After SIGKILL: how long to wait for the kernel to reap it.
 KILL_WAIT_S = 10.0
+#: Between checks while a process we hold no handle on is waited for.
+EXIT_POLL_S = 0.05
 
 
 # --------------------------------------------------------------------------- ports
@@ -236,20 +239,32 @@ def start_child(
 # --------------------------------------------------------------------------- stop
 
 
+def alive(pid: int) -> bool:
+    """Does pid run (a zombie has ended: it only waits to be reaped)?"""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_exit(pid: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
-    """Wait for pid to exit (reaping it if ``proc`` is our handle on it); True if it is gone."""
+    """Wait for pid to exit (reaping it if ``proc`` is our handle on it); True if it is gone.
+
+    Without a handle, polled rather than psutil's ``wait``: another process's child
+    that has exited stays a zombie until its parent reaps it, and ``wait`` would
+    count it as running until the timeout.
+    """
     if proc is not None:
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return False
         return True
-    try:
-        psutil.Process(pid).wait(timeout=timeout_s)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(EXIT_POLL_S)
     return True
 
 

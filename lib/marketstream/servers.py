@@ -36,7 +36,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,11 +46,13 @@ import psutil
 from marketstream.processes import (
     KILL_WAIT_S,
     Child,
+    alive,
     can_bind,
     free_port,
     is_local_address,
     process_family,
     start_child,
+    wait_exit,
 )
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
     "start_server",
     "stop_pid",
     "stop_server",
-    "wait_gone",
     "wait_ready",
 ]
 
@@ -102,8 +102,16 @@ class ServerSpec:
     #: None: the server keeps its own pid file (PostgreSQL's ``postmaster.pid``).
     pid_name: str | None = "server.pid"
     #: What a refused address's error ends with: the setting to change and how
-    #: (a broker's ``set KAFKA_BOOTSTRAP_SERVERS=localhost:<a free port>``); empty: generic.
+    #: (a broker's ``set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port}``); empty: generic.
+    #: ``{free_port}`` becomes a port free now, found only when an address is refused
+    #: (a spec is built for every status check).
     hint: str = ""
+
+    def fix(self, default: str) -> str:
+        """The end of a refused address's error: the hint (its free port filled), or ``default``."""
+        if "{free_port}" in self.hint:
+            return self.hint.replace("{free_port}", str(free_port()))
+        return self.hint or default
 
     @property
     def log_path(self) -> Path:
@@ -133,12 +141,12 @@ def claim_address(host: str, port: int | None, spec: ServerSpec) -> int:
     if not is_local_address(host):
         raise spec.error(
             f"cannot start {spec.name} on {host}: it is not an address of this machine; "
-            f"{spec.hint or 'use 127.0.0.1'}"
+            f"{spec.fix('use 127.0.0.1')}"
         )
     if not port:
         return free_port(host)
     if not can_bind(host, port):
-        fix = spec.hint or "stop that program, or give another port (0 picks a free one)"
+        fix = spec.fix("stop that program, or give another port (0 picks a free one)")
         raise spec.error(
             f"port {port} on {host} is taken by another program, so {spec.name} cannot "
             f"listen there; {fix}"
@@ -179,14 +187,6 @@ def log_tail(path: Path, since: int = 0, lines: int = 6, max_bytes: int = 64_000
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def alive(pid: int) -> bool:
-    """Does pid run (a zombie has ended: it only waits to be reaped)?"""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _is_ours(pid: int, spec: ServerSpec) -> bool:
@@ -328,22 +328,6 @@ def wait_ready(
 # --------------------------------------------------------------------------- stop
 
 
-def wait_gone(pid: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
-    """Wait for pid to end (reaping it if ``proc`` is our handle on it); True if it has."""
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout_s
-    while alive(pid):  # not psutil's wait: another process's zombie would hold it forever
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
 def _kill(procs: Sequence[psutil.Process]) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -365,7 +349,7 @@ def stop_pid(pid: int, spec: ServerSpec) -> None:
                 f"cannot stop {spec.name} (pid {pid}): it runs as another user; stop it as "
                 f"that user or as root"
             ) from None
-        if not wait_gone(pid, spec.grace_s, proc):
+        if not wait_exit(pid, spec.grace_s, proc):
             log.warning(
                 "%s (pid %s) ignored %s for %g s: killed",
                 spec.name,
@@ -374,7 +358,7 @@ def stop_pid(pid: int, spec: ServerSpec) -> None:
                 spec.grace_s,
             )
             _kill(family)
-            wait_gone(pid, KILL_WAIT_S, proc)
+            wait_exit(pid, KILL_WAIT_S, proc)
         rest = [p for p in family if p.pid != pid]
         deadline = time.monotonic() + KILL_WAIT_S
         while any(alive(p.pid) and p.is_running() for p in rest):

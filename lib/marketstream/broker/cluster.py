@@ -455,7 +455,7 @@ def _check_ports(spec: ClusterSpec, node: NodeSpec, cluster_dir: Path) -> None:
             server,
             name=f"node {node.node_id} of the cluster",
             hint="it may be a single broker (`marketstream broker down` stops one of ours); "
-            f"or start the cluster elsewhere, e.g. KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()}",
+            "or start the cluster elsewhere, e.g. KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port}",
         ),
     )
     servers.claim_address(

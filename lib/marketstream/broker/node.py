@@ -82,7 +82,7 @@ def server_spec(run_dir: Path) -> servers.ServerSpec:
         log_name="broker.out",
         poll_s=PROBE_EVERY_S,
         pid_name="broker.pid",
-        hint=f"set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port()} for a local broker",
+        hint="set KAFKA_BOOTSTRAP_SERVERS=localhost:{free_port} for a local broker",
     )
 
 

@@ -49,14 +49,7 @@ def _s3_access(settings: Settings) -> S3Access | None:
     if not settings.lake_on_s3:
         return None
     if settings.s3_endpoint:
-        return S3Access(
-            settings.s3_endpoint,
-            settings.s3_region,
-            settings.s3_key_id,
-            settings.s3_secret,
-            settings.s3_url_style,
-            settings.s3_use_ssl,
-        )
+        return _access(settings)
     from marketstream.objectstore import objectstore_status
 
     server = objectstore_status(settings.objectstore_home)
@@ -67,7 +60,7 @@ def _s3_access(settings: Settings) -> S3Access | None:
             "running (the pipeline and live mode start it themselves); or set "
             "MARKET_S3_ENDPOINT and the keys for your own"
         )
-    return _own_access(settings.with_(**_own_settings(server)))
+    return _access(settings.with_(**_own_settings(server)))
 
 
 def _own_settings(server: Any) -> dict[str, object]:
@@ -82,7 +75,8 @@ def _own_settings(server: Any) -> dict[str, object]:
     }
 
 
-def _own_access(settings: Settings) -> S3Access:
+def _access(settings: Settings) -> S3Access:
+    """The settings' S3 endpoint, region, keys and URL style, as DuckDB's secret takes them."""
     return S3Access(
         settings.s3_endpoint,
         settings.s3_region,
