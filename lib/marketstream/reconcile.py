@@ -22,15 +22,9 @@ import pandas as pd
 
 from marketstream.clients import DEFAULT_CLIENTS, KafkaClients
 from marketstream.settings import Settings
-from marketstream.store import Where, read_connection
+from marketstream.store import Where, stored_offsets
 
 COLUMNS = ["partition", "expected", "stored", "missing", "duplicated"]
-
-_STORED_SQL = """
-    SELECT "partition", "offset" FROM market_ticks WHERE topic = ?
-    UNION ALL
-    SELECT "partition", "offset" FROM dead_letters WHERE topic = ?
-"""
 
 
 class NotExactlyOnce(AssertionError):
@@ -80,19 +74,11 @@ def kafka_ranges(
     return {tp.partition: (int(starts[tp]), int(ends[tp])) for tp in tps}
 
 
-def stored_offsets(settings: Settings, at: Where) -> list[tuple[int, int]]:
-    """Every ``(partition, offset)`` row the store holds from the topic (ticks and dead
-    letters; an offset stored twice appears twice)."""
-    with read_connection(at) as con:
-        rows = con.execute(_STORED_SQL, [settings.topic, settings.topic]).fetchall()
-    return [(int(p), int(o)) for p, o in rows]
-
-
 def against_kafka(
     settings: Settings, at: Where, clients: KafkaClients = DEFAULT_CLIENTS
 ) -> pd.DataFrame:
     """:func:`reconcile` of the topic now against the store now."""
-    return reconcile(kafka_ranges(settings, clients), stored_offsets(settings, at))
+    return reconcile(kafka_ranges(settings, clients), stored_offsets(at, settings.topic))
 
 
 def check(table: pd.DataFrame) -> str:

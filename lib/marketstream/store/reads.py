@@ -33,6 +33,21 @@ def tick_count(at: Where) -> int:
         return int(con.execute("SELECT count(*) FROM market_ticks").fetchall()[0][0])
 
 
+_STORED_OFFSETS_SQL = """
+    SELECT "partition", "offset" FROM market_ticks WHERE topic = ?
+    UNION ALL
+    SELECT "partition", "offset" FROM dead_letters WHERE topic = ?
+"""
+
+
+def stored_offsets(at: Where, topic: str) -> list[tuple[int, int]]:
+    """Every ``(partition, offset)`` row the store holds from ``topic`` (ticks and dead
+    letters; an offset stored twice appears twice): what a reconcile with Kafka counts."""
+    with read_connection(at) as con:
+        rows = con.execute(_STORED_OFFSETS_SQL, [topic, topic]).fetchall()
+    return [(int(p), int(o)) for p, o in rows]
+
+
 def partition_positions(at: Where) -> dict[tuple[str, int], tuple[int | None, datetime | None]]:
     """Per stored (topic, partition): the store's position (or, in a store an older kit
     wrote, its highest offset + 1) and the event time of its newest tick."""
