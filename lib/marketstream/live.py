@@ -34,7 +34,7 @@ from marketstream.clients import DEFAULT_CLIENTS
 from marketstream.logs import get_logger
 from marketstream.pacing import Pace, paced, schedule
 from marketstream.processes import Child, child_env, port_open, process_family, start_child
-from marketstream.settings import Settings, home
+from marketstream.settings import Settings, home, variable
 from marketstream.store import describe, init_store, locate, owned_store, tick_count, upkeep
 from marketstream.ticks import CsvProblem, Tick
 from marketstream.workers import WRITER_NAME, start_workers
@@ -55,6 +55,11 @@ STATUS_EVERY_S = 10.0
 #: closed tab keeps a kernel until the server stops (each ~140 MB: measured here, the RSS
 #: of a process holding what the page imports).
 VOILA_CONFIG = resources.notebook_dir() / "voila.json"
+
+#: Made (beside the logs) by the page's pre-heated kernel once it has drawn
+#: (:func:`marketstream.livepage.announce_ready`): live mode gives the page's address
+#: only then, so a page asked for is served at once.
+PAGE_READY_FILE = "voila-page.ready"
 
 # --------------------------------------------------------------------------- producer
 
@@ -220,11 +225,14 @@ def start_servers(settings: Settings, *, api: bool, voila: bool) -> list[Child]:
             )
         if voila:
             url = f"http://127.0.0.1:{settings.voila_port}"
-            children.append(
-                start_child(
-                    "Voila", voila_command(settings), env, logs / "voila.log", url, cwd=home()
-                )
+            drawn = logs / PAGE_READY_FILE
+            drawn.unlink(missing_ok=True)
+            voila_env = {**env, variable("MARKET_PAGE_READY"): str(drawn)}
+            child = start_child(
+                "Voila", voila_command(settings), voila_env, logs / "voila.log", url, cwd=home()
             )
+            child.ready = drawn.exists
+            children.append(child)
     except BaseException:
         for child in children:
             child.stop()
@@ -233,17 +241,24 @@ def start_servers(settings: Settings, *, api: bool, voila: bool) -> list[Child]:
 
 
 def wait_ready(child: Child, stop: threading.Event, timeout_s: float = 60.0) -> bool:
-    """Wait until the server's port answers; False if it died, timed out, or stop was set."""
+    """Wait until the server's port answers; False if it died, timed out, or stop was set.
+
+    A server with more to get ready (``Child.ready``: Voila's pre-heated page) is then
+    given the rest of ``timeout_s`` for it; past that it counts as ready all the same
+    (its first page is only slower), so only a port that never answers fails live mode.
+    """
     host, port = split_host_port(child.url.split("//", 1)[1])
     host = connect_host(host)
     deadline = time.monotonic() + timeout_s
+    answering = False
     while time.monotonic() < deadline and not stop.is_set():
         if not child.alive():
             return False
-        if port_open(host, port, timeout_s=0.5):
+        answering = answering or port_open(host, port, timeout_s=0.5)
+        if answering and (child.ready is None or child.ready()):
             return True
         stop.wait(0.2)
-    return False
+    return answering
 
 
 # --------------------------------------------------------------------------- run_live

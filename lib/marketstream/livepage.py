@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import html
 import itertools
+import os
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -47,10 +51,13 @@ from plotly.subplots import make_subplots
 from marketstream import store
 from marketstream.lag import LagReport
 from marketstream.lag import measure as measure_lag
-from marketstream.settings import Settings
+from marketstream.settings import Settings, variable
 
 #: Columns of the statistics table: the store's ``market_metrics``, in the API's order.
 STATS_COLUMNS = store.METRIC_COLUMNS
+
+#: The variable naming the file :func:`announce_ready` makes (set by live mode for Voila).
+PAGE_READY_ENV = variable("MARKET_PAGE_READY")
 
 #: Freshness samples kept for the freshness chart (one per refresh).
 FRESHNESS_HISTORY = 300
@@ -261,29 +268,57 @@ class LivePage:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen_at = time.monotonic()
+        #: a browser view was created and has not yet said it is built
+        self._view_building = False
+        #: a built view needs the series and the table sent whole at the next draw
         self._new_view = False
+        #: a browser view has existed (before one, the page is not orphaned: Voila's
+        #: pre-heated kernel runs the notebook before anyone asks for the page)
+        self._viewed = False
+        #: set to cut the loop's wait short (a new view is built: draw for it now)
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.figure.observe(self._on_frontend, names=list(_FRONTEND_TRAITS))
         self.figure.observe(self._on_view_count, names=["_view_count"])
 
     # ------------------------------------------------------------------ frontend
 
     def _on_frontend(self, change: dict[str, Any]) -> None:
-        if change["new"]:
-            self._seen_at = time.monotonic()
+        """A view answered: it acknowledged an update, or it has just built its plot.
+
+        plotly's view sends its trace deltas once its ``Plotly.newPlot`` has
+        resolved, and again after each update it applies, so the first deltas after
+        a view was created say that the view is built and takes updates: it gets
+        everything now, instead of at the next refresh (up to ``refresh_s`` later).
+        """
+        if not change["new"]:
+            return
+        self._seen_at = time.monotonic()
+        if self._view_building and change["name"] == "_js2py_traceDeltas":
+            self._view_building = False
+            self._new_view = True
+            if self._loop is not None and self._wake is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_view_count(self, change: dict[str, Any]) -> None:
-        """A browser view of the figure appeared: the next draw sends it everything.
+        """A browser view of the figure appeared: once built, it is sent everything.
 
         plotly syncs a FigureWidget's traces to the browser once, as built (empty
         here), and each later change only as an update message to the views there
-        are. The first refreshes run while Voila is still sending the page, before
-        its view exists, so that view starts empty; a stream that keeps ticking fills
-        it at the next tick, but a page opened after a replay's last tick (live mode
-        stays up after it) kept empty charts for good. ipywidgets counts the views
-        (plotly turns the count on) and tells the kernel when it changes.
+        are. The notebook's first draw runs before Voila's page has its view (with
+        the pre-heated kernel of ``voila.json``, before anyone asked for the page),
+        so that view starts empty; a stream that keeps ticking fills it at the next
+        tick, but a page opened after a replay's last tick (live mode stays up after
+        it) kept empty charts for good. ipywidgets counts the views (plotly turns the
+        count on) and tells the kernel when it changes. An update sent before the
+        view's plot exists is lost to it, so the draw waits for the view to say it is
+        built (:meth:`_on_frontend`); a view that never says so still gets everything
+        at the next refresh.
         """
         if (change["new"] or 0) > (change["old"] or 0):
-            self._new_view = True
+            self._viewed = True
+            self._seen_at = time.monotonic()
+            self._view_building = True
 
     @property
     def orphaned(self) -> bool:
@@ -293,8 +328,11 @@ class LivePage:
         then: its unload request is refused for a missing XSRF token), or a
         headless run has no frontend. Refreshing on would keep reading the
         store and keep the kernel busy for ever; stopping lets the server
-        cull the idle kernel.
+        cull the idle kernel. A kernel no browser has viewed yet waits for its first
+        (Voila's pre-heated kernel).
         """
+        if not self._viewed:
+            return False
         return time.monotonic() - self._seen_at > self.orphan_after_s
 
     # ------------------------------------------------------------------ traces
@@ -336,7 +374,9 @@ class LivePage:
         Series and table are only re-sent when new ticks arrived, or when a browser
         view appeared since the last draw (:meth:`_on_view_count`).
         """
-        if self._new_view:
+        if self._new_view or self._view_building:
+            # a view still building may miss this draw: it is sent everything again
+            # once it says it is built (or at the next refresh, whichever comes first)
             self._new_view = False
             self._clear_series()
         with self.figure.batch_update():
@@ -382,9 +422,18 @@ class LivePage:
     async def _loop_async(self, max_refreshes: int | None) -> None:
         done, next_at = 0, time.monotonic()
         self._seen_at = next_at
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         while (max_refreshes is None or done < max_refreshes) and not self._stop.is_set():
             next_at += self.refresh_s
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            with contextlib.suppress(TimeoutError):  # woken early: a new view is built
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - time.monotonic()))
+            if self._wake.is_set():
+                self._wake.clear()
+                next_at = time.monotonic()  # the next refresh one period after this one
+            if not self._viewed:
+                # what is drawn before a view exists never reaches it (see _on_view_count):
+                # a kernel waiting for its first browser (Voila's pre-heated one) only waits
+                continue
             if self.orphaned:
                 self.status.value = paused_html(self.orphan_after_s)
                 return
@@ -452,4 +501,19 @@ def live_page(
     page = LivePage(settings, window_s=window_s, refresh_s=refresh_s)
     page.refresh()
     page.start(max_refreshes)
+    announce_ready()
     return page
+
+
+def announce_ready(environ: Mapping[str, str] | None = None) -> None:
+    """Make the file ``MARKET_PAGE_READY`` names, if set: the page has run and drawn.
+
+    Live mode sets it for Voila, whose pre-heated kernel runs this notebook before
+    anyone asks for the page (4.5-5 s here: the kernel's start, its imports, a
+    first read), and says where the page is once the file exists: a page requested
+    then is served at once, and its first chart is drawn ~3 s after the request
+    instead of ~8 s (``tests/browser/test_voila_browser.py`` prints it).
+    """
+    raw = (os.environ if environ is None else environ).get(PAGE_READY_ENV, "")
+    if raw:
+        Path(raw).touch()

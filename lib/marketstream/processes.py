@@ -164,6 +164,8 @@ class Child:
     _log: IO[bytes] | None = None
     #: SIGTERM to SIGKILL, for :meth:`stop`.
     stop_grace_s: float = STOP_GRACE_S
+    #: Ready beyond an answering port (None: the port is enough); see ``live.wait_ready``.
+    ready: Callable[[], bool] | None = None
 
     def alive(self) -> bool:
         """True while the process runs."""

@@ -234,6 +234,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MARKET_STORE_RELAY", "workers on one DuckDB file: the relay's address"),
     Variable("MARKET_STORE_RELAY_KEY", "workers on one DuckDB file: the relay's key", secret=True),
     Variable("MARKET_BENCH_WORKER", "bench: a worker process's configuration (JSON)"),
+    Variable("MARKET_PAGE_READY", "live mode: a file the Voila page's kernel makes once drawn"),
 )
 
 _VARIABLES = {v.env: v for v in VARIABLES}

@@ -79,8 +79,14 @@ def test_one_voila_config_file_holds_the_cull_settings_for_every_way_to_serve_th
 
 def test_voila_applies_the_config_to_its_kernel_manager():
     """Voila 0.5.13 itself, given live mode's arguments: the kernel manager it builds culls
-    as the file says (without the file its timeout is 0, never)."""
-    expected = json.loads(VOILA_CONFIG.read_text())["MappingKernelManager"]
+    as the file says (without the file its timeout is 0, never), and keeps one kernel
+    pre-heated, refilled 10 s after a page takes it."""
+    config = json.loads(VOILA_CONFIG.read_text())
+    expected = {
+        **config["MappingKernelManager"],
+        **config["VoilaConfiguration"],
+        **config["VoilaKernelManager"],
+    }
     args = [a for a in voila_command(Settings())[3:] if not a.startswith("--port")]
     probe = (
         "import json, sys\n"
@@ -89,8 +95,10 @@ def test_voila_applies_the_config_to_its_kernel_manager():
         "app.initialize(sys.argv[1:])\n"
         "app.init_settings()\n"
         "km = app.kernel_manager\n"
+        "vc = app.voila_configuration\n"
         "print(json.dumps({'cull_idle_timeout': km.cull_idle_timeout,"
-        " 'cull_interval': km.cull_interval}))\n"
+        " 'cull_interval': km.cull_interval, 'preheat_kernel': vc.preheat_kernel,"
+        " 'default_pool_size': vc.default_pool_size, 'fill_delay': km.fill_delay}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe, *args, "--port=0"],

@@ -48,6 +48,7 @@ def test_live_page_refreshes_on_the_running_event_loop(tmp_path):
     settings = Settings().with_(db_path=tmp_path / "m.duckdb", symbols=SYMBOLS)
     write_store(settings.db_path, recent_ticks(SYMBOLS, 10), hold=False)
     page = LivePage(settings, window_s=60, refresh_s=0.05)
+    page.figure._view_count = 1  # a browser shows it (before one, the loop only waits)
 
     async def run() -> None:
         page.start(max_refreshes=3)
@@ -95,7 +96,43 @@ def test_a_browser_view_that_appears_later_is_sent_the_series(tmp_path):
     page.figure._view_count = 1  # a page opened: its view starts from the figure as built
     assert page.refresh() and last_sent() == ([20] * 6, sorted(SYMBOLS))
     sent.clear()
+    assert page.refresh() and last_sent() == ([20] * 6, sorted(SYMBOLS))  # still building
+    sent.clear()
+    page.figure._js2py_traceDeltas = BUILT  # its plot is built: everything once more
+    assert page.refresh() and last_sent() == ([20] * 6, sorted(SYMBOLS))
+    sent.clear()
     assert page.refresh() and last_sent() is None
+
+
+#: What plotly's browser view sends once its plot is built (and after each update it
+#: applies); an edit id no update had leaves the figure's traces as they are.
+BUILT = {"trace_deltas": [], "trace_edit_id": -1}
+
+
+def test_a_built_view_is_drawn_for_at_once_not_at_the_next_refresh(tmp_path):
+    """With a refresh period far longer than the wait, the view's "built" message alone
+    brings the draw that sends it the series; a view that never showed keeps the kernel's
+    page from pausing (Voila's pre-heated kernel runs before anyone asks for the page)."""
+    settings = Settings().with_(db_path=tmp_path / "m.duckdb", symbols=SYMBOLS)
+    write_store(settings.db_path, recent_ticks(SYMBOLS, 10), hold=False)
+    page = LivePage(settings, window_s=60, refresh_s=3600, orphan_after_s=0.0)
+    assert not page.orphaned  # never viewed: waits for its first browser
+    page.orphan_after_s = 3600.0
+
+    async def run() -> int:
+        page.start()
+        await asyncio.sleep(0)  # the loop's task starts and waits
+        page.figure._view_count = 1
+        page.figure._js2py_traceDeltas = BUILT
+        for _ in range(2000):  # ends as soon as the woken loop has drawn
+            if page.refreshes:
+                break
+            await asyncio.sleep(0.01)
+        page.stop()
+        return page.refreshes
+
+    assert asyncio.run(run()) == 1
+    assert [len(t.x) for t in page.traces("price")] == [10] * 3
 
 
 def test_status_bar_escapes_errors():
