@@ -13,7 +13,7 @@ EXTRAS ?= dev,api,voila,lab,lake
 # (all of them: 28 s and 450 MB more; docs/benchmarks.md#the-two-commands). A command run
 # outside make that needs a missing extra names it (marketstream.cli.require_extra).
 LIVE_EXTRAS  := api,voila
-LAB_EXTRAS   := lab
+LAB_EXTRAS   := lab,lake
 TEST_EXTRAS  := dev,api,voila,lake
 BENCH_EXTRAS := api,lake
 

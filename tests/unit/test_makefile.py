@@ -70,3 +70,28 @@ def test_distclean_says_it_drops_the_jars_and_the_broker_data():
     commands = make("-n", "distclean")
     assert "rm -rf .cache/kafka" in commands
     assert re.search(r"echo .*deleting .cache/kafka", commands)
+
+
+def _installs(target: str, tmp_path) -> list[str]:
+    """What ``make -n <target>`` would install into a fresh .venv (pip's ``-e`` arguments)."""
+    commands = make("-n", target, f"VENV={tmp_path / 'venv'}")
+    return re.findall(r"pip install --quiet -e (\S+)", commands)
+
+
+@pytest.mark.parametrize(
+    ("target", "extras"),
+    [
+        ("demo", None),
+        ("broker-up", None),
+        ("live", "api,voila"),
+        ("lab", "lab,lake"),
+        ("test", "dev,api,voila,lake"),
+        ("bench", "api,lake"),
+        ("setup", "dev,api,voila,lab,lake"),
+    ],
+)
+def test_each_target_installs_what_it_runs_on_a_fresh_clone(target, extras, tmp_path):
+    """The kit alone first (all make demo needs: 25 s and 650 MB, against 53 s and 1.1 GB
+    with every extra), then the target's extras on top (issue 18: extras on demand)."""
+    expected = ["."] + ([] if extras is None else [f'".[{extras}]"'])
+    assert _installs(target, tmp_path) == expected
