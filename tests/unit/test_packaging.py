@@ -68,10 +68,13 @@ def test_the_default_install_is_what_make_demo_needs():
     assert "voila" in _names(extras["voila"]) and "jupyterlab" in _names(extras["lab"])
 
 
-def test_make_setup_and_environment_yml_install_every_extra():
+def test_make_setup_installs_every_extra_but_jupyterlab_and_environment_yml_all():
+    """make setup: what make demo and make test need; JupyterLab with make lab only."""
     extras = set(PROJECT["optional-dependencies"])
-    make = re.search(r"^EXTRAS \?= (\S+)$", (PROJECT_ROOT / "Makefile").read_text(), re.M)
-    assert make and set(make.group(1).split(",")) == extras
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    make = re.search(r"^EXTRAS \?= (\S+)$", makefile, re.M)
+    assert make and set(make.group(1).split(",")) == extras - {"lab"}
+    assert re.search(r"^LAB_EXTRAS := \$\(EXTRAS\),lab$", makefile, re.M)
     env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     [editable] = [s for s in pip_section if s.startswith("-e ")]
