@@ -158,6 +158,17 @@ POSITION_TIMEOUT_MS = 200
 #: waiting for members that died without leaving to time out).
 GROUP_WAIT_NOTE_S = 10.0
 
+#: A worker of a group that has held no partition for this many session timeouts
+#: rejoins with a new Kafka client. Seen here (2026-12-02, kafka-python 3.0.12, 2 of
+#: ~40 group starts under load): a worker's client waited for ever on a coordinator
+#: lookup whose request never completed, so it never joined, while the rest of the
+#: group shared every partition; a new client joined at once. A dead member's
+#: partitions come back within one session timeout, so three is never a normal wait.
+STALLED_AFTER_SESSIONS = 3
+#: At most one rejoin per this many seconds: a worker with no partition because the
+#: group has more members than partitions would otherwise make the group rebalance.
+REJOIN_EVERY_S = 600.0
+
 
 @dataclass(frozen=True)
 class ConsumeHooks:
@@ -364,6 +375,11 @@ class _Loop:
     last_write_end: float = 0.0
     unassigned_since: float | None = None
     store_failed: bool = False
+    #: when this worker last held no partition after holding some (or since it started)
+    unassigned_from: float | None = None
+    #: builds, joins and hands back a new consumer in place of a stalled one (groups only)
+    rejoin: Callable[[], Any] | None = None
+    rejoined_at: float | None = None
 
     def __post_init__(self) -> None:
         # One writer thread: store transactions stay strictly in poll order.
@@ -448,11 +464,16 @@ class _Loop:
             return None
 
     def note_waiting(self) -> None:
-        """Say, every :data:`GROUP_WAIT_NOTE_S`, that this worker has no partitions yet."""
+        """Say, every :data:`GROUP_WAIT_NOTE_S`, that this worker has no partitions yet;
+        rejoin with a new client once that has lasted :data:`STALLED_AFTER_SESSIONS`
+        session timeouts (:meth:`maybe_rejoin`)."""
         if self.consumer.assignment():
-            self.unassigned_since = None
+            self.unassigned_since = self.unassigned_from = None
             return
         now = time.monotonic()
+        if self.unassigned_from is None:
+            self.unassigned_from = now
+        self.maybe_rejoin(now)
         if self.unassigned_since is None:
             self.unassigned_since = now
         elif now - self.unassigned_since >= GROUP_WAIT_NOTE_S:
@@ -466,6 +487,31 @@ class _Loop:
             self.log.warning("waiting_for_group", extra={"run_id": self.run_id, "note": note})
             print(note, file=sys.stderr, flush=True)
             self.unassigned_since = now
+
+    def maybe_rejoin(self, now: float) -> bool:
+        """Replace a consumer that has held no partition for too long (see
+        :data:`STALLED_AFTER_SESSIONS`); True if it did. The old one is closed on a
+        thread of its own: a stalled client may not finish leaving the group."""
+        if self.rejoin is None or self.unassigned_from is None:
+            return False
+        if now - self.unassigned_from < STALLED_AFTER_SESSIONS * self.settings.session_timeout_s:
+            return False
+        if self.rejoined_at is not None and now - self.rejoined_at < REJOIN_EVERY_S:
+            return False
+        waited = now - self.unassigned_from
+        note = (
+            f"no partition of the group {self.settings.consumer_group} for {waited:.0f} s, "
+            f"{STALLED_AFTER_SESSIONS} session timeouts: joining again with a new Kafka client"
+        )
+        self.log.warning("group_rejoin", extra={"run_id": self.run_id, "note": note})
+        print(note, file=sys.stderr, flush=True)
+        old, self.consumer = self.consumer, self.rejoin()
+        threading.Thread(
+            target=old.close, kwargs={"autocommit": False}, name="stalled-consumer", daemon=True
+        ).start()
+        self.rejoined_at = self.unassigned_from = now
+        self.unassigned_since = None
+        return True
 
     def poll(self, budget: int) -> list:
         timeout_ms = self.policy.poll_ms
@@ -703,6 +749,16 @@ def consume(
 
     checkpoint = Checkpoint(consumer, writer, hooks, on_refused=refused)
     loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
+
+    def rejoin() -> Any:
+        """A new consumer in the group, in place of a stalled one (``_Loop.maybe_rejoin``)."""
+        fresh = clients.consumer(settings, subscribe=False)
+        listener.consumer = checkpoint.consumer = fresh
+        join(fresh, settings, listener)
+        return fresh
+
+    if settings.consumers > 1:
+        loop.rejoin = rejoin
     status = "ok"
     try:
         join(consumer, settings, listener, refused_topic(settings, clients))
@@ -737,7 +793,7 @@ def consume(
     finally:
         loop.close()
         bar.close()
-        consumer.close(autocommit=False)
+        loop.consumer.close(autocommit=False)
         if status == "ok" and stop.is_set():
             status = "stopped"
         run = _run_metrics(run_id, policy, settings, started_at, loop.tally, status)

@@ -15,8 +15,12 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from kafka import KafkaConsumer
 
 from marketstream import store
+from marketstream.clients import KafkaClients
+from marketstream.consume import consume
+from marketstream.logs import read_log
 from marketstream.produce import ensure_topic, produce_ticks
 from marketstream.ticks import generate_ticks
 from marketstream.workers import WRITER_NAME, settled, start_workers, stop_workers, worker_run
@@ -121,3 +125,35 @@ def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:
     assert proc.returncode != 0
     assert "the broker refuses KAFKA_SESSION_TIMEOUT_S=2" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+class _NeverJoins(KafkaConsumer):
+    """A client that never gets a partition of its group: it subscribes to a pattern no
+    topic matches. What a worker saw when kafka-python's coordinator lookup never
+    completed (``consume.STALLED_AFTER_SESSIONS``)."""
+
+    def subscribe(self, topics=(), pattern=None, listener=None):
+        super().subscribe(pattern="^no-topic-is-named-this$", listener=listener)
+
+
+def test_a_worker_whose_client_never_joins_rejoins_with_a_new_one(fresh) -> None:
+    """Three session timeouts without a partition: the worker replaces its client (the
+    factory's second), which joins, takes every partition and stores every tick once."""
+    settings = fresh.with_(consumers=2, session_timeout_s=6.0)  # 6 s: the broker's minimum
+    ensure_topic(settings)
+    ticks = generate_ticks(settings.symbols, 100, seed=5)
+    produce_ticks(ticks, settings, progress=False)
+    built: list[KafkaConsumer] = []
+
+    def build(**config) -> KafkaConsumer:
+        built.append((_NeverJoins if not built else KafkaConsumer)(**config))
+        return built[-1]
+
+    clients = KafkaClients(consumer_class=build)
+    run = consume(settings, clients=clients, idle_timeout_s=0, progress=False)
+    assert [type(c) for c in built] == [_NeverJoins, KafkaConsumer]
+    assert (run.messages_processed, run.rows_inserted) == (len(ticks), len(ticks))
+    assert store.tick_count(settings.db_path) == len(ticks)
+    events = [e["event"] for e in read_log(settings.log_path)]
+    assert events.count("group_rejoin") == 1
+    assert "partitions_assigned" in events[events.index("group_rejoin") :]
