@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from marketstream.bench.costs import CpuMeter, listener_pid, tree_cpu_s
 from marketstream.bench.plan import distribution, met
 from marketstream.errors import BenchError
 from marketstream.settings import variable
@@ -242,8 +243,15 @@ def summary(
     symbols: Sequence[str],
     partitions: int,
     skipped: dict[str, str] | None = None,
+    commit_rates: Sequence[dict[str, float]] = (),
+    batch_rows: int = 0,
+    cores: float | None = None,
 ) -> dict[str, Any]:
-    """The phase's result: rows, targets, what the rows read, and stores skipped (why)."""
+    """The phase's result: rows, targets, what the rows read, stores skipped (why), and the
+    scaling model built on the rows (for ``cores`` cores here: this machine's by default)."""
+    from marketstream.bench.model import build
+
+    here = float(cores if cores is not None else (os.cpu_count() or 1))
     return {
         "ceiling_rate": ceiling_rate,
         "symbols": list(symbols),
@@ -253,6 +261,13 @@ def summary(
         "rows": list(rows),
         "targets": verdicts(rows),
         "skipped": dict(skipped or {}),
+        "model": build(
+            rows,
+            cores=here,
+            partitions=partitions,
+            commit_rates=commit_rates,
+            batch_rows=batch_rows,
+        ),
     }
 
 
@@ -271,6 +286,10 @@ def format_summary(result: dict[str, Any]) -> str:
     for key, t in result["targets"].items():
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         lines.append(f"  {key} {value} (target {t['bound']}): {'met' if t['met'] else 'MISSED'}")
+    if result.get("model", {}).get("stores"):
+        from marketstream.bench.model import format_model
+
+        lines += ["scaling model (bench/model.py):", format_model(result["model"])]
     return "\n".join(lines)
 
 
@@ -338,8 +357,12 @@ def _wait_for_group(settings: Any, consumers: Sequence[Any], label: str) -> None
         time.sleep(0.1)
 
 
-def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict], dict]:
-    """N batch workers to completion on a fresh group and store; (workers, span/wall)."""
+def _throughput(
+    run: Any, settings: Any, n: int, label: str, servers: dict[str, int]
+) -> tuple[list[dict], dict]:
+    """N batch workers to completion on a fresh group and store; (workers, span/wall, and
+    the row's CPU costs: the workers', the writer process's, and ``servers``' (name -> pid:
+    the broker, the lake's PostgreSQL) from the gate's opening to the last worker's exit)."""
     from marketstream import store
     from marketstream.errors import BenchError
     from marketstream.workers import WRITER_NAME, start_workers, worker_run
@@ -352,14 +375,22 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
     run.servers.extend(children)  # stopped at cleanup whatever fails
     consumers = [c for c in children if c.name != WRITER_NAME]
     _wait_for_group(settings, consumers, label)
+    # CPU spent before the gate (imports, the join) is not the row's: taken off below
+    before_gate = {c.proc.pid: tree_cpu_s(c.proc.pid) for c in children}
+    others = CpuMeter(dict(servers))
+    others.start()
     gate.touch()  # every worker has its partitions: go
     started = time.time()
     reaped = _reap(consumers, ROW_TIMEOUT_S)
     wall = max(end for end, _ in reaped.values()) - started
+    served = others.stop()
     writer_rss_mb = None
+    writer_cpu_s = 0.0
     for writer in (c for c in children if c.name == WRITER_NAME):  # the file's writer process
         writer.proc.terminate()  # it closes the file once the workers have hung up
-        writer_rss_mb = _reap([writer], ROW_TIMEOUT_S)[writer.proc.pid][1].ru_maxrss / 1024
+        usage = _reap([writer], ROW_TIMEOUT_S)[writer.proc.pid][1]
+        writer_rss_mb = usage.ru_maxrss / 1024
+        writer_cpu_s = usage.ru_utime + usage.ru_stime - before_gate[writer.proc.pid]
     workers = []
     for child in consumers:
         child.close_log()
@@ -374,6 +405,7 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
                 "elapsed_s": metrics.elapsed_s,
                 "peak_rss_mb": usage.ru_maxrss / 1024,
                 "cpu_s": usage.ru_utime + usage.ru_stime,
+                "run_cpu_s": usage.ru_utime + usage.ru_stime - before_gate[child.proc.pid],
                 "status": metrics.status,
             }
         )
@@ -386,6 +418,12 @@ def _throughput(run: Any, settings: Any, n: int, label: str) -> tuple[list[dict]
         "span_messages": span_messages,
         "wall_s": wall,
         "writer_peak_rss_mb": writer_rss_mb,
+        # the row's costs (gate to last exit) for the scaling model (bench/model.py)
+        "costs": {
+            "workers_cpu_s": sum(w["run_cpu_s"] for w in workers),
+            "writer_cpu_s": writer_cpu_s,
+            **{f"{name}_cpu_s": seconds for name, seconds in served.items()},
+        },
     }
 
 
@@ -435,9 +473,10 @@ def _live_freshness(run: Any, settings: Any, n: int, label: str) -> dict[str, An
 
 
 @contextlib.contextmanager
-def _own_postgres() -> Iterator[Callable[[], str]]:
+def _own_postgres() -> Iterator[tuple[Callable[[], str], int | None]]:
     """The kit's own PostgreSQL in a fresh folder (traversable by ``nobody``, who runs it
-    when we are root); yields a function making a new catalog database, its DSN."""
+    when we are root); yields a function making a new catalog database (its DSN), and the
+    server's pid (its CPU is the catalog's cost)."""
     from marketstream.postgres import start_postgres, temporary_postgres
     from marketstream.store import lake
 
@@ -452,7 +491,7 @@ def _own_postgres() -> Iterator[Callable[[], str]]:
                 return server.dsn(name)
 
             try:
-                yield new_database
+                yield new_database, server.pid
             finally:
                 lake.forget_connections()
     finally:
@@ -465,6 +504,7 @@ def _rows_for_store(
     ceiling: float,
     new_catalog: Callable[[], str] | None,
     say: Callable[[str], None],
+    servers: dict[str, int],
 ) -> list[dict[str, Any]]:
     rows = []
     for n in WORKER_COUNTS:
@@ -485,7 +525,7 @@ def _rows_for_store(
         failures: list[str] = []
         while True:
             try:
-                workers, figures = _throughput(run, settings, n, label)
+                workers, figures = _throughput(run, settings, n, label, servers)
                 break
             except BenchError as exc:  # e.g. a commit refused in a rebalance: noted, retried
                 failures.append(str(exc)[:400])
@@ -511,9 +551,10 @@ def _rows_for_store(
             settings = settings.with_(db_path=run.work / f"{label}-live.duckdb")
         fresh = _live_freshness(run, settings.with_(topic=f"{settings.topic}-{label}"), n, label)
         writer_rss = figures.pop("writer_peak_rss_mb", None)
+        costs = figures.pop("costs")
         rows.append(
             row(store_name, workers, ceiling_rate=ceiling, freshness_s=fresh, **figures)
-            | {"failed_attempts": failures, "writer_peak_rss_mb": writer_rss}
+            | {"failed_attempts": failures, "writer_peak_rss_mb": writer_rss, "costs": costs}
         )
         if new_catalog is None:
             from marketstream import store
@@ -524,27 +565,41 @@ def _rows_for_store(
 
 
 def measure(run: Any, ceiling_rate: float, stores: Sequence[str]) -> dict[str, Any]:
-    """Every row of the table on the run's main topic (already produced), for ``stores``."""
+    """Every row of the table on the run's main topic (already produced), for ``stores``;
+    for the lake also its catalog's commit rates (:func:`marketstream.bench.costs.commit_rate`),
+    and the scaling model built on the rows (:mod:`marketstream.bench.model`)."""
+    from marketstream.addresses import split_host_port
+    from marketstream.bench.costs import commit_rates
     from marketstream.errors import StoreUnavailable
 
     say = print if run.progress else (lambda _text: None)
     settings = run.settings
+    broker = listener_pid(split_host_port(settings.bootstrap_servers.split(",")[0])[1])
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    commits: list[dict[str, float]] = []
     for store_name in stores:
         with contextlib.ExitStack() as stack:
             new_catalog = None
+            servers = {} if broker is None else {"broker": broker}
             if store_name == "ducklake":
                 try:
-                    new_catalog = stack.enter_context(_own_postgres())
+                    new_catalog, catalog_pid = stack.enter_context(_own_postgres())
                 except StoreUnavailable as exc:  # no PostgreSQL programs: say so, go on
                     skipped[store_name] = str(exc)[:300]
                     continue
-            rows += _rows_for_store(run, store_name, ceiling_rate, new_catalog, say)
+                if catalog_pid is not None:
+                    servers["catalog"] = catalog_pid
+            rows += _rows_for_store(run, store_name, ceiling_rate, new_catalog, say, servers)
+            if new_catalog is not None:
+                say("scaling: the catalog's commits per second with 1, 2 and 4 writers")
+                commits = commit_rates(new_catalog(), str(run.work / "commit-probe-lake"))
     return summary(
         rows,
         ceiling_rate,
         symbols=settings.symbols,
         partitions=settings.partitions,
         skipped=skipped,
+        commit_rates=commits,
+        batch_rows=settings.batch_size,
     )
