@@ -471,6 +471,8 @@ class _Loop:
             self.unassigned_since = self.unassigned_from = None
             return
         now = time.monotonic()
+        # no partition is not idle: the idle limit counts from when partitions came
+        self.last_data = now
         if self.unassigned_from is None:
             self.unassigned_from = now
         self.maybe_rejoin(now)
@@ -549,7 +551,7 @@ class _Loop:
             self.settle_all()  # nothing to overlap with: commit what is written
             if self.advance():
                 continue
-            self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
+            self.sync_kafka()
             if idle_limit_s > 0 and time.monotonic() - self.last_data > idle_limit_s:
                 break
             if self.targets is not None and self.targets.behind(self.checkpoint.writer) == 0:
@@ -558,7 +560,15 @@ class _Loop:
         if self.pending:  # stop: finish the batch in hand
             self.submit()
         self.settle_all()
-        self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
+        self.sync_kafka()
+
+    def sync_kafka(self) -> None:
+        """Give Kafka the store's positions (``Checkpoint.sync_kafka``), unless the group
+        is rebalancing: kafka-python still reports the revoked partitions as assigned
+        then, each commit is refused, and an idle loop asked again every poll (50
+        refused commits in 10 s, seen in a live worker that then never rejoined)."""
+        if not self.listener.rebalancing:
+            self.checkpoint.sync_kafka(self.listener.positions(), self.consumer.assignment())
 
     def close(self) -> None:
         """Cancel what was never committed (only after an error) and stop the writer."""
@@ -601,6 +611,8 @@ class PartitionLog(ConsumerRebalanceListener):
         self.writer = writer
         #: each partition's position in the store, as far as this run knows
         self.known: dict[tuple[str, int], int | None] = {}
+        #: between a revocation and the next assignment: the group is rebalancing
+        self.rebalancing = False
         self._lock = threading.Lock()
 
     def positions(self) -> dict[tuple[str, int], int | None]:
@@ -654,12 +666,14 @@ class PartitionLog(ConsumerRebalanceListener):
         self.log.info(event, extra=extra)
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.rebalancing = True
         self._say("partitions_revoked", revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.held is not None:  # called inside poll, before it fetches
             self.held.pause(*assigned)
         self.seek(assigned)
+        self.rebalancing = False
         self._say("partitions_assigned", assigned)
 
 
