@@ -467,7 +467,8 @@ class _Loop:
         """Say, every :data:`GROUP_WAIT_NOTE_S`, that this worker has no partitions yet;
         rejoin with a new client once that has lasted :data:`STALLED_AFTER_SESSIONS`
         session timeouts (:meth:`maybe_rejoin`)."""
-        if self.consumer.assignment():
+        # mid-rebalance kafka-python still reports the revoked partitions as assigned
+        if self.consumer.assignment() and not self.listener.rebalancing:
             self.unassigned_since = self.unassigned_from = None
             return
         now = time.monotonic()
