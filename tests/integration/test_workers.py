@@ -130,14 +130,14 @@ def test_a_session_timeout_the_broker_refuses_is_named(fresh) -> None:
 class _NeverJoins(KafkaConsumer):
     """A client that never gets a partition of its group: it subscribes to a pattern no
     topic matches. What a worker saw when kafka-python's coordinator lookup never
-    completed (``consume.STALLED_AFTER_SESSIONS``)."""
+    completed (``consume.STALLED_MARGIN_S``)."""
 
     def subscribe(self, topics=(), pattern=None, listener=None):
         super().subscribe(pattern="^no-topic-is-named-this$", listener=listener)
 
 
 def test_a_worker_whose_client_never_joins_rejoins_with_a_new_one(fresh) -> None:
-    """Three session timeouts without a partition: the worker replaces its client (the
+    """A session timeout and 15 s without a partition: the worker replaces its client (the
     factory's second), which joins, takes every partition and stores every tick once."""
     settings = fresh.with_(consumers=2, session_timeout_s=6.0)  # 6 s: the broker's minimum
     ensure_topic(settings)

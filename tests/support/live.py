@@ -25,8 +25,10 @@ from marketstream.workers import settled
 from support.processes import GRACE_S, alive, kill_all
 from support.waiting import wait_until
 
-#: How long a group of worker processes may take to start and settle, on a loaded machine.
-GROUP_SETTLES_S = 120.0
+#: How long a group of worker processes may take to start and settle, on a loaded machine,
+#: with a worker whose Kafka client stalled rejoining first (consume.STALLED_MARGIN_S: a
+#: session timeout, 45 s by default, and 15 s).
+GROUP_SETTLES_S = 240.0
 
 
 @dataclass
