@@ -22,6 +22,7 @@ import pytest
 from marketstream import store
 from marketstream.ticks import DEFAULT_START, generate_ticks
 from support.factories import tick_table, write_store
+from support.waiting import wait_until
 
 SYMBOLS = ("SP500", "STOXX600", "NIKKEI225")
 RECEIVED = datetime(2025, 1, 6, 15, 0)
@@ -99,8 +100,20 @@ def test_real_server_serves_metrics_while_a_live_writer_writes(tmp_path):
             reader.join()
         assert statuses == [200] * 45
 
-        status, rows = _fetch(f"{base}/metrics")
-        assert {r["symbol"]: r["tickcount"] for r in rows} == dict.fromkeys(SYMBOLS, 110)
+        # The cache may answer from before the writes for up to MARKET_API_CACHE_S plus
+        # MARKET_API_STALE_S (stale-while-revalidate, see marketstream_api.cache), so the
+        # new counts are awaited; with nothing computing them this would time out.
+        def counts() -> dict[str, int]:
+            status, rows = _fetch(f"{base}/metrics")
+            assert status == 200
+            return {r["symbol"]: r["tickcount"] for r in rows}
+
+        wait_until(
+            lambda: counts() == dict.fromkeys(SYMBOLS, 110),
+            START_S,
+            "/metrics to count the written batches",
+            context=lambda: f"last counts: {counts()}",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=START_S)
