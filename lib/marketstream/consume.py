@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,8 +71,9 @@ from marketstream.errors import ConsumeError, StoreUnavailable
 from marketstream.kafka_errors import explain
 from marketstream.logs import get_logger
 from marketstream.settings import Settings
-from marketstream.store import RunMetrics, Writer, locate, open_writer
+from marketstream.store import RunMetrics, Where, Writer, backend, locate, open_writer
 from marketstream.store.failures import mid_run
+from marketstream.store.files import LIVE_WRITE_GAP_S
 from marketstream.store.positions import as_key, behind
 
 __all__ = [
@@ -91,19 +92,13 @@ __all__ = [
     "decode_records",
     "gil_switch_interval",
     "join",
+    "live_policy",
     "wait_at_gate",
 ]
 
 #: Batches decoded/written ahead of their Kafka commit. Two keep the writer thread
 #: busy while the main thread polls; more would only hold more memory.
 MAX_IN_FLIGHT = 2
-
-#: Live mode leaves the DuckDB file free for at least this long after each write.
-#: Every write opens the file, inserts and closes it (~30-70 ms, mostly open/close),
-#: and readers (API, Voila, notebooks) can only open it in between: writing after
-#: every poll kept the file locked nearly all the time at 1,000 ticks/s, readers
-#: queued, and freshness suffered. Records polled meanwhile join the next write.
-LIVE_WRITE_GAP_S = 0.1
 
 #: While consuming, threads hand over the GIL after 0.2 ms instead of Python's 5 ms.
 #: The writer thread holds the GIL only briefly between Arrow and DuckDB calls (which
@@ -149,7 +144,14 @@ class Policy:
 
 
 BATCH = Policy("batch", 500, MAX_IN_FLIGHT, True, None, stop_at_end=True)
+#: Live mode; its write gap is the store's own (``Backend.live_write_gap_s``, :func:`live_policy`).
 LIVE = Policy("live", 200, 1, False, LIVE_WRITE_GAP_S, stop_at_end=False)
+
+
+def live_policy(at: Where) -> Policy:
+    """:data:`LIVE` with the write gap of the store at ``at``."""
+    return replace(LIVE, write_gap_s=backend(at).live_write_gap_s)
+
 
 #: The longest an idle loop waits to learn a partition's position (see ``_Loop._position``).
 POSITION_TIMEOUT_MS = 200
@@ -734,7 +736,8 @@ def consume(
     (:func:`wait_at_gate`); the run's time starts there.
     Returns the run's metrics, which are also stored in ``pipeline_metrics``.
     """
-    policy = policy or (LIVE if live else BATCH)
+    at = locate(settings)
+    policy = policy or (live_policy(at) if live else BATCH)
     hooks = hooks or ConsumeHooks()
     if on_batch is not None:
         hooks = ConsumeHooks(hooks.before_store_commit, hooks.before_kafka_commit, on_batch)
@@ -750,7 +753,6 @@ def consume(
     # let go of a DuckDB file between batches, or it would keep the file's lock for its
     # whole run while the others wait outside the group (the bench found that).
     hold = policy.hold_store and settings.consumers == 1
-    at = locate(settings)
     try:
         writer = open_writer(at, hold=hold)
     except (duckdb.Error, OSError, StoreUnavailable) as exc:

@@ -58,6 +58,8 @@ class Backend(Protocol):
 
     #: ``duckdb`` or ``ducklake``: the ``MARKET_STORE`` value, and the ``store`` of stats.
     name: str
+    #: Live mode waits at least this long after a write before the next one (seconds).
+    live_write_gap_s: float
 
     def describe(self, at: Any) -> str:
         """The store for a person (never a password)."""

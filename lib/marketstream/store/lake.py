@@ -715,6 +715,10 @@ class LakeBackend:
     """DuckLake as a :class:`~marketstream.store.backend.Backend`."""
 
     name = "ducklake"
+    #: Many writers share the catalog, which takes 86-130 commits/s here (bench/README.md,
+    #: "The scaling model"): a live worker commits at most every 0.1 s, and readers need
+    #: no gap (they read a snapshot, never a lock).
+    live_write_gap_s = 0.1
 
     def describe(self, at: Lake) -> str:
         return at.describe()
