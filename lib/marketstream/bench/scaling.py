@@ -571,6 +571,7 @@ def measure(run: Any, ceiling_rate: float, stores: Sequence[str]) -> dict[str, A
     from marketstream.addresses import split_host_port
     from marketstream.bench.costs import commit_rates
     from marketstream.errors import StoreUnavailable
+    from marketstream.store import lake
 
     say = print if run.progress else (lambda _text: None)
     settings = run.settings
@@ -601,5 +602,5 @@ def measure(run: Any, ceiling_rate: float, stores: Sequence[str]) -> dict[str, A
         partitions=settings.partitions,
         skipped=skipped,
         commit_rates=commits,
-        batch_rows=settings.batch_size,
+        batch_rows=settings.batch_size * lake.BACKEND.batch_multiple,
     )

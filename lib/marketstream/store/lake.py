@@ -436,6 +436,11 @@ def _read_fences(
     return found
 
 
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    row = con.execute(sql).fetchone()
+    return None if row is None else row[0]
+
+
 def _below_fences(table: pa.Table, fences: Mapping[tuple[str, int], int | None]) -> pa.Table:
     """``table`` without the records below their partition's fence (already stored)."""
     mask = None
@@ -517,6 +522,10 @@ class LakeWriter:
         #: commits lost to another writer of the same partition (then retried)
         self.conflicts = 0
         self._fences: set[str] = set()
+        #: the fences as this writer's last commit left them, and that commit's snapshot
+        #: (:meth:`_fences_for`)
+        self._left: dict[tuple[str, int], int | None] = {}
+        self._left_at: int | None = None
 
     def positions(self, partitions: Iterable[Any]) -> dict[tuple[str, int], int | None]:
         """Where each partition resumes: its fence (:func:`.positions.resume_points`)."""
@@ -565,7 +574,7 @@ class LakeWriter:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            fences = _read_fences(con, list(offsets), self._fences)
+            fences = self._fences_for(con, list(offsets))
             added = 0
             ticks = _below_fences(ticks, fences)
             if ticks.num_rows:
@@ -587,10 +596,34 @@ class LakeWriter:
                 before_commit(con)
             con.execute("COMMIT")
         except BaseException:
+            self._left_at = None
             with contextlib.suppress(duckdb.Error):  # a failed COMMIT has rolled back already
                 con.execute("ROLLBACK")
             raise
+        for tp, next_offset in offsets.items():
+            old = fences[tp]
+            self._left[tp] = next_offset if old is None else max(old, next_offset)
+        self._left_at = _scalar(con, f"FROM ducklake_last_committed_snapshot('{ALIAS}')")
         return int(added)
+
+    def _fences_for(
+        self, con: duckdb.DuckDBPyConnection, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], int | None]:
+        """The partitions' fences in this transaction's snapshot.
+
+        Why not always read them: a fence read costs ~11 ms of CPU (a DuckLake scan
+        goes to the catalog for the table's files and inlined rows), a third of a
+        5,000-row batch's write, where asking for the snapshot costs ~1.2 ms. If the
+        lake is still at the snapshot this writer's last commit made, nobody has
+        moved a fence since, and the fences are what that commit left. Any other
+        commit in between (another worker, ``positions --set``, upkeep) means they
+        are read; a commit after this transaction began is DuckLake's conflict.
+        """
+        if self._left_at is not None and all(tp in self._left for tp in partitions):
+            now = _scalar(con, f"FROM ducklake_current_snapshot('{ALIAS}')")
+            if now == self._left_at:
+                return {tp: self._left[tp] for tp in partitions}
+        return _read_fences(con, partitions, self._fences)
 
     @staticmethod
     def _move_fence(
@@ -719,6 +752,12 @@ class LakeBackend:
     #: "The scaling model"): a live worker commits at most every 0.1 s, and readers need
     #: no gap (they read a snapshot, never a lock).
     live_write_gap_s = 0.1
+    #: A lake's transaction has a fixed cost of ~25-30 ms of CPU (the catalog's files
+    #: and fences at a new snapshot, the commit), so a write gathers 20,000 records
+    #: (the default batch size 5,000 times 4): a worker's write CPU went from 7.9 to
+    #: 2.7 us a tick (5,000 and 20,000-row batches into a PostgreSQL-catalogued lake
+    #: on this 2-core machine), where the file's is 1.8.
+    batch_multiple = 4
 
     def describe(self, at: Lake) -> str:
         return at.describe()
