@@ -26,7 +26,8 @@ READER_POLL_S = 0.05
 TARGETS: dict[str, tuple[str, float]] = {
     "consume_vs_ceiling": (">=", 0.90),
     "speedup_vs_baseline": (">=", 50.0),
-    "freshness_p99_s": ("<=", 1.0),
+    # 1 s until issue 20 asked for 0.25 s at 1,000 ticks/s (it was 0.31-0.36 s then)
+    "freshness_p99_s": ("<=", 0.25),
     "api_p99_ms": ("<=", 50.0),
 }
 #: The flat figures every result holds (bench/README.md documents each).
