@@ -11,7 +11,7 @@ The tuning lives here too, each value with the figure behind it:
 
 * consumer fetches are generous (64 MB per fetch, 16 MB per partition) so one
   round-trip fills a whole poll; kafka-python's 1 MB per-partition default is
-  ~11,000 ticks, less than one 5,000-record batch on 3 partitions;
+  ~11,000 ticks, about half a 20,000-record batch on 3 partitions;
 * the producer remembers each key's partition (:class:`KeyCachingPartitioner`):
   kafka-python's pure-Python murmur2 per message cost more than ``send``;
   install ``crc32c`` too, or kafka-python checksums every batch in pure Python;

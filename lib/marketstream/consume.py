@@ -371,9 +371,6 @@ class _Loop:
     run_id: str
     listener: PartitionLog
     targets: Targets | None = None
-    #: the most records one write gathers (0: the batch size; consume() gives the
-    #: store's multiple of it, ``Backend.batch_multiple``)
-    batch_rows: int = 0
     tally: Tally = field(default_factory=Tally)
     submitted: int = 0
     pending: list = field(default_factory=list)
@@ -388,7 +385,6 @@ class _Loop:
     rejoined_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.batch_rows = self.batch_rows or self.settings.batch_size
         # One writer thread: store transactions stay strictly in poll order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketstream-writer")
         self.in_flight: deque[_InFlight] = deque()
@@ -563,7 +559,7 @@ class _Loop:
         """Poll and store until the policy's end, ``max_messages``, idle (``idle_limit_s``
         > 0: the user asked for it), or ``stop``."""
         while not stop.is_set():
-            budget = self.batch_rows - len(self.pending)
+            budget = self.settings.batch_size - len(self.pending)
             if max_messages is not None:
                 budget = min(budget, max_messages - self.submitted - len(self.pending))
             records = self.poll(budget) if budget > 0 else []
@@ -796,7 +792,6 @@ def consume(
 
     checkpoint = Checkpoint(consumer, writer, hooks, on_refused=refused)
     loop = _Loop(settings, policy, consumer, checkpoint, bar, log, run_id, listener)
-    loop.batch_rows = settings.batch_size * backend(at).batch_multiple
 
     def rejoin() -> Any:
         """A new consumer in the group, in place of a stalled one (``_Loop.maybe_rejoin``)."""

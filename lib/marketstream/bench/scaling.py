@@ -571,7 +571,6 @@ def measure(run: Any, ceiling_rate: float, stores: Sequence[str]) -> dict[str, A
     from marketstream.addresses import split_host_port
     from marketstream.bench.costs import commit_rates
     from marketstream.errors import StoreUnavailable
-    from marketstream.store import lake
 
     say = print if run.progress else (lambda _text: None)
     settings = run.settings
@@ -602,5 +601,5 @@ def measure(run: Any, ceiling_rate: float, stores: Sequence[str]) -> dict[str, A
         partitions=settings.partitions,
         skipped=skipped,
         commit_rates=commits,
-        batch_rows=settings.batch_size * lake.BACKEND.batch_multiple,
+        batch_rows=settings.batch_size,
     )

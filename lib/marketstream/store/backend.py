@@ -60,8 +60,6 @@ class Backend(Protocol):
     name: str
     #: Live mode waits at least this long after a write before the next one (seconds).
     live_write_gap_s: float
-    #: A write gathers up to this many times ``MARKET_BATCH_SIZE`` records.
-    batch_multiple: int
 
     def describe(self, at: Any) -> str:
         """The store for a person (never a password)."""

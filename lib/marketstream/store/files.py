@@ -448,8 +448,6 @@ class FileBackend:
 
     name = "duckdb"
     live_write_gap_s = LIVE_WRITE_GAP_S
-    #: A file's batch costs little beyond its rows (1.8 us a row): one poll, one write.
-    batch_multiple = 1
 
     def describe(self, at: Path) -> str:
         return str(at)

@@ -752,12 +752,6 @@ class LakeBackend:
     #: "The scaling model"): a live worker commits at most every 0.1 s, and readers need
     #: no gap (they read a snapshot, never a lock).
     live_write_gap_s = 0.1
-    #: A lake's transaction has a fixed cost of ~25-30 ms of CPU (the catalog's files
-    #: and fences at a new snapshot, the commit), so a write gathers 20,000 records
-    #: (the default batch size 5,000 times 4): a worker's write CPU went from 7.9 to
-    #: 2.7 us a tick (5,000 and 20,000-row batches into a PostgreSQL-catalogued lake
-    #: on this 2-core machine), where the file's is 1.8.
-    batch_multiple = 4
 
     def describe(self, at: Lake) -> str:
         return at.describe()

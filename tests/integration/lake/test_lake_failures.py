@@ -35,7 +35,7 @@ def test_the_catalog_stopped_mid_run_is_named_and_the_run_after_is_exact(fresh, 
             store="ducklake",
             ducklake_catalog=server.dsn(),
             ducklake_data=str(tmp_path / "lake"),
-            batch_size=100,  # a lake write gathers 4 x 100 (batch_multiple): 3,000 ticks, 8 writes
+            batch_size=500,  # 3,000 ticks: six batches at least
         )
         produce_ticks(ticks, settings, progress=False)
         batches = [0]
