@@ -22,7 +22,11 @@ from typing import Any
 
 import pandas as pd
 from kafka import TopicPartition
-from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
+from kafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+)
 from kafka.partitioner.default import murmur2
 
 from marketstream import store
@@ -251,12 +255,13 @@ def log_length(settings: Settings) -> int:
 
 def _retrying(ask: Callable[[], Any], timeout_s: float = 20.0) -> Any:
     """``ask()``, asked again while the broker says the group's coordinator is not there
-    yet (a new cluster creates ``__consumer_offsets`` on the first group request)."""
+    yet (a new cluster creates ``__consumer_offsets`` on the first group request) or is
+    still loading its offsets (seen once in CI on a 3-node cluster just started)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return ask()
-        except (CoordinatorNotAvailableError, NotCoordinatorError):
+        except (CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

@@ -115,3 +115,37 @@ def test_no_committed_output_shows_a_progress_bar_short_of_100_percent():
         for line in text.split("\\n"):
             if "] " in line and " %)" in line:
                 assert "(100 %)" in line, (name, line)
+
+
+def test_the_groups_committed_offsets_wait_out_a_coordinator_still_loading():
+    """A 3-node cluster just started answered an offset fetch with "coordinator load in
+    progress" (CI, notebook 03): a retriable state, asked again, not a failed notebook."""
+    from kafka import TopicPartition
+    from kafka.errors import CoordinatorLoadInProgressError
+    from kafka.structs import OffsetAndMetadata
+
+    from marketstream import inspect
+    from marketstream.clients import KafkaClients
+    from marketstream.settings import Settings
+
+    settings = Settings().with_(topic="t", consumer_group="g")
+    answers: list[object] = [
+        CoordinatorLoadInProgressError("loading"),
+        {"g": {TopicPartition("t", 0): OffsetAndMetadata(7, "", -1)}},
+    ]
+
+    class LoadingAdmin:
+        def __init__(self, **config: object) -> None:
+            pass
+
+        def list_group_offsets(self, groups: dict) -> dict:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[return-value]
+
+        def close(self) -> None:
+            pass
+
+    assert inspect.committed(settings, KafkaClients(admin_class=LoadingAdmin)) == {0: 7}
+    assert answers == []
