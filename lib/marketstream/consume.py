@@ -156,6 +156,9 @@ def live_policy(at: Where) -> Policy:
 #: The longest an idle loop waits to learn a partition's position (see ``_Loop._position``).
 POSITION_TIMEOUT_MS = 200
 
+#: The longest a consumer's close may take (leaving the group; normally milliseconds).
+CLOSE_TIMEOUT_MS = 10_000
+
 #: A worker with no partitions says so this often (the group is rebalancing, or
 #: waiting for members that died without leaving to time out).
 GROUP_WAIT_NOTE_S = 10.0
@@ -513,7 +516,10 @@ class _Loop:
         print(note, file=sys.stderr, flush=True)
         old, self.consumer = self.consumer, self.rejoin()
         threading.Thread(
-            target=old.close, kwargs={"autocommit": False}, name="stalled-consumer", daemon=True
+            target=old.close,
+            kwargs={"autocommit": False, "timeout_ms": CLOSE_TIMEOUT_MS},
+            name="stalled-consumer",
+            daemon=True,
         ).start()
         self.rejoined_at = self.unassigned_from = now
         self.unassigned_since = None
@@ -836,13 +842,19 @@ def consume(
     finally:
         loop.close()
         bar.close()
-        loop.consumer.close(autocommit=False)
         if status == "ok" and stop.is_set():
             status = "stopped"
         run = _run_metrics(run_id, policy, settings, started_at, loop.tally, status)
         run.lost_commits = checkpoint.lost_commits
         run.conflicts = writer.conflicts
-        _finish(run, loop, writer, at, log)
+        try:
+            _finish(run, loop, writer, at, log)
+        finally:
+            # After the run's row: a client stuck with its group coordinator waits in
+            # close() up to its request timeout (305 s by kafka-python's default), longer
+            # than a stop's grace, and a worker killed there never recorded its run (CI:
+            # a live lake worker that had rejoined after a stall). Leaving takes ms.
+            loop.consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
     return run
 
 

@@ -101,7 +101,7 @@ class FakeConsumer:
         self.events.append("kafka-commit")
         self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
 
-    def close(self, autocommit: bool = True) -> None:
+    def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
         self.closed = True
 
 
@@ -335,3 +335,30 @@ def test_ticks_produced_twice_are_stored_once_by_the_careful_insert(settings):
     [consumer] = FakeConsumer.instances
     stored = {key: at for key, (at, _) in store.partition_positions(settings.db_path).items()}
     assert stored == {(tp.topic, tp.partition): o for tp, o in consumer.ends.items()}
+
+
+def test_the_run_is_recorded_before_the_consumer_closes(settings):
+    """A client stuck with its group coordinator can wait in ``close`` past a stop's
+    grace; the worker is then killed there, so its run's row must already be stored."""
+    FakeConsumer.instances.clear()
+    seen_at_close: list[int] = []
+
+    class SlowToClose(FakeConsumer):
+        def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
+            seen_at_close.append(len(store.pipeline_runs(settings.db_path)))
+            super().close(autocommit, timeout_ms)
+
+    template = fake_clients(polls_of(200, 100))
+    clients = KafkaClients(
+        consumer_class=lambda **config: _filled(SlowToClose(**config), template, config)
+    )
+    consume(settings, progress=False, clients=clients)
+    assert seen_at_close == [1]
+
+
+def _filled(consumer: FakeConsumer, template: KafkaClients, config: dict) -> FakeConsumer:
+    """``consumer`` given the polls and end offsets ``template``'s consumer would have."""
+    model = template.consumer_class(**config)
+    FakeConsumer.instances.remove(model)
+    consumer.polls, consumer.ends = model.polls, model.ends
+    return consumer
